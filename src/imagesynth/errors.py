@@ -42,6 +42,10 @@ class InputImageError(UsageError):
     """An input image is unreadable, too large, truncated or of a refused format."""
 
 
+class OversizedImageError(InputImageError):
+    """An input image has more pixels or bytes than the decoder allows."""
+
+
 class DataError(UsageError):
     """A data set folder or caption file is missing or malformed."""
 

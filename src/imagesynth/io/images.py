@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import InputImageError
+from ..errors import InputImageError, OversizedImageError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 #: 64 megapixels: far above anything imagesynth makes, far below a decompression bomb
@@ -32,7 +32,7 @@ def _read_bytes(source: ImageSource, max_bytes: int, field: str) -> tuple[bytes,
             raise InputImageError(f"no such file {name}", field=field,
                                   fix="check the path")
         if path.stat().st_size > max_bytes:
-            raise InputImageError(f"{name} is {path.stat().st_size} bytes, over the "
+            raise OversizedImageError(f"{name} is {path.stat().st_size} bytes, over the "
                                   f"{max_bytes}-byte limit", field=field,
                                   fix="use a smaller image")
         data = path.read_bytes()
@@ -40,7 +40,7 @@ def _read_bytes(source: ImageSource, max_bytes: int, field: str) -> tuple[bytes,
         name = getattr(source, "name", "<stream>")
         data = source.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise InputImageError(f"{name} is over the {max_bytes}-byte limit", field=field,
+        raise OversizedImageError(f"{name} is over the {max_bytes}-byte limit", field=field,
                               fix="use a smaller image")
     return data, str(name)
 
@@ -61,7 +61,7 @@ def open_image(source: ImageSource, *, mode: str | None = "RGB", field: str = "i
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
-                raise InputImageError(
+                raise OversizedImageError(
                     f"{name} is {width}x{height} = {width * height} pixels, over the "
                     f"{max_pixels}-pixel limit", field=field, fix="resize the image first")
             image.load()
@@ -71,7 +71,7 @@ def open_image(source: ImageSource, *, mode: str | None = "RGB", field: str = "i
         raise InputImageError(f"{name} is not a readable {'/'.join(ALLOWED_FORMATS)} image",
                               field=field, fix="convert it to PNG, JPEG or WEBP") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputImageError(f"{name} is a decompression bomb (too many pixels)", field=field,
+        raise OversizedImageError(f"{name} is a decompression bomb (too many pixels)", field=field,
                               fix="resize the image first") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
