@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
-from imagesynth.diffusion import (ClassifierFreeGuidance, CLIPGuidance, TextImageScorer, clamp_denoised,
+from imagesynth.diffusion import (ClassifierFreeGuidance, CLIPGuidance, Scorer, clamp_denoised,
                                   dynamic_threshold, make_cutouts, sample_euler, spherical_distance_loss)
 from imagesynth.errors import ConfigError
 
@@ -113,7 +113,7 @@ def test_cutouts_are_seeded_and_batch_independent():
 @pytest.mark.parametrize("through_denoiser", [True, False])
 def test_clip_guidance_gradient_and_effect(through_denoiser):
     scorer = ProjectionScorer()
-    assert isinstance(scorer, TextImageScorer)
+    assert isinstance(scorer, Scorer)
     weight = torch.tensor(0.8, dtype=torch.float64)
     inner = lambda x, sigma: torch.tanh(weight * x)  # noqa: E731
     make = lambda scale: CLIPGuidance(inner, scorer, ["a red apple"], scale,  # noqa: E731

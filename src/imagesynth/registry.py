@@ -113,7 +113,7 @@ class Registry:
             return json.loads(self.state_file.read_text()).get("models", {})
         except json.JSONDecodeError:
             raise IntegrityError(f"{self.state_file} is not valid JSON", field="registry",
-                                 fix=f"restore it or delete it and re-add your models") from None
+                                 fix="restore it or delete it and re-add your models") from None
 
     def _write_user(self, models: dict[str, dict]) -> None:
         atomic_write_text(self.state_file,

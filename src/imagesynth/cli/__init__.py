@@ -22,7 +22,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 def _register() -> None:
     """Import the command modules; each adds its commands/sub-apps to `app`."""
-    from . import data, doctor, evaluate, models  # noqa: F401
+    from . import clip_apps, data, doctor, evaluate, models, train  # noqa: F401
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..scorers import Scorer
 from .denoisers import append_dims
 
 
@@ -90,19 +91,6 @@ def dynamic_threshold(denoiser: Callable[..., torch.Tensor], percentile: float =
     return thresholded
 
 
-@runtime_checkable
-class TextImageScorer(Protocol):
-    """A CLIP-like model: text and images embedded into one space; embed_image is differentiable."""
-
-    def embed_text(self, texts: list[str]) -> torch.Tensor:
-        """Embeddings [N, D] for N texts."""
-        ...
-
-    def embed_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Embeddings [B, D] for images [B, 3, H, W] in [0, 1]."""
-        ...
-
-
 def spherical_distance_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Squared great-circle distance between normalised embeddings: 2 arcsin(|x - y| / 2)^2."""
     x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
@@ -138,12 +126,12 @@ class CLIPGuidance:
     which skips back-propagation through the network (cheaper, less exact).
     """
 
-    def __init__(self, denoiser: Callable[..., torch.Tensor], scorer: TextImageScorer,
+    def __init__(self, denoiser: Callable[..., torch.Tensor], scorer: Scorer,
                  prompts: Sequence[str], guidance_scale: float, generator: torch.Generator, *,
                  cut_size: int = 224, num_cutouts: int = 16, cut_power: float = 1.0,
                  to_image: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  through_denoiser: bool = True):
-        if not isinstance(scorer, TextImageScorer):
+        if not isinstance(scorer, Scorer):
             raise ConfigError("must provide embed_text(list[str]) and embed_image(images)", field="scorer")
         if not prompts:
             raise ConfigError("needs at least one prompt", field="prompts")

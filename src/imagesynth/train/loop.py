@@ -189,7 +189,10 @@ def train(model: torch.nn.Module, dataset: Sequence, objective: Objective, confi
 
     start_step = 0
     complete = checkpoint_dirs(checkpoints)
-    if resume and complete:
+    if complete and not resume:
+        raise ConfigError(f"{run_dir} already holds a run (checkpoint {complete[-1].name})",
+                          field="run_dir", fix="choose a new output folder, or resume this run")
+    if complete:
         saved = json.loads((run_dir / "train_config.json").read_text())
         if _resume_relevant(saved) != _resume_relevant(json.loads(config_json)):
             raise ConfigError("the run folder holds a run with different settings",

@@ -1,0 +1,1 @@
+"""Network builders: CLIP towers, UNets, autoencoders, GANs."""

@@ -1,0 +1,112 @@
+"""The CLIP model: the seed's contrastive loss, the training run, and the scorer round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from imagesynth.clip import CLIPScorer, load_clip
+from imagesynth.clip.evaluation import shapes_zero_shot, topk_accuracy
+from imagesynth.clip.training import PRESETS, random_zoom_shift, train_clip
+from imagesynth.errors import ConfigError, DataError
+from imagesynth.nets.clip import CLIPConfig, CLIPModel
+
+TINY = PRESETS["tiny"][0]
+
+
+def _reference_loss(image_emb, text_emb, scale):
+    """The CLIP paper's pseudocode, in NumPy: symmetric cross-entropy over cosine logits."""
+    logits = image_emb @ text_emb.T * scale
+    labels = np.arange(len(logits))
+
+    def cross_entropy(l, axis):
+        l = l - l.max(axis=axis, keepdims=True)
+        log_probs = l - np.log(np.exp(l).sum(axis=axis, keepdims=True))
+        return -np.take_along_axis(log_probs, np.expand_dims(labels, axis), axis).mean()
+
+    return (cross_entropy(logits, 1) + cross_entropy(logits, 0)) / 2
+
+
+def test_contrastive_loss_matches_the_pseudocode():
+    torch.manual_seed(0)
+    model = CLIPModel(TINY)
+    images, text = torch.rand(6, 3, 16, 16), torch.randn(6, 384)
+    loss, metrics = model.contrastive_loss(images, text)
+    with torch.no_grad():
+        expected = _reference_loss(model.encode_image(images).double().numpy(),
+                                   model.encode_text_features(text).double().numpy(),
+                                   float(model.scale()))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert 0.0 <= metrics["batch_accuracy"] <= 1.0
+
+
+def test_shared_captions_count_as_hits_in_batch_accuracy():
+    torch.manual_seed(0)
+    model = CLIPModel(TINY)
+    images = torch.rand(4, 3, 16, 16)
+    text = torch.randn(1, 384).expand(4, 384)  # one caption shared by all four images
+    with_ids, metrics = model.contrastive_loss(images, text, torch.zeros(4, dtype=torch.long))
+    without, _ = model.contrastive_loss(images, text)
+    assert with_ids == without and metrics["batch_accuracy"] == 1.0
+
+
+def test_config_and_input_validation():
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        CLIPConfig(image_size=30)
+    with pytest.raises(ConfigError, match="images"):
+        CLIPModel(TINY).encode_image(torch.rand(2, 1, 16, 16))
+
+
+def test_augmentation_is_seeded_and_keeps_shape():
+    images = torch.rand(3, 3, 16, 16)
+    a = random_zoom_shift(images, torch.Generator().manual_seed(1))
+    b = random_zoom_shift(images, torch.Generator().manual_seed(1))
+    assert a.shape == images.shape and torch.equal(a, b)
+
+
+def test_topk_accuracy_counts_ranks():
+    image_emb = torch.eye(3)
+    label_emb = torch.tensor([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]])
+    scores = topk_accuracy(image_emb, label_emb, torch.tensor([0, 1, 2]), ks=(1, 2))
+    assert scores == {"top1": pytest.approx(1 / 3), "top2": 1.0}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_run(tmp_path_factory):
+    """A tiny CLIP trained for a few dozen steps on a small ShapesWorld folder."""
+    from imagesynth.data import ShapesConfig, build_shapes_dataset
+
+    root = tmp_path_factory.mktemp("clip")
+    build_shapes_dataset(root / "shapes", ShapesConfig(count=400, size=16, seed=0))
+    result = train_clip(root / "shapes", root / "run", preset="tiny",
+                        overrides=dict(max_steps=60, eval_every=30), show_progress=False)
+    return root, result
+
+
+def test_training_writes_a_loadable_model_that_learned(tiny_clip_run, minilm):
+    root, result = tiny_clip_run
+    assert result.steps == 60 and (result.model_dir / "model.safetensors").is_file()
+    assert set(result.final_eval) >= {"image_to_text_recall@1", "text_to_image_recall@5"}
+    scorer = load_clip(str(result.model_dir), text_encoder=minilm)
+    assert isinstance(scorer, CLIPScorer)
+    emb = scorer.embed_text(["a red circle", "a blue square"])
+    assert emb.shape == (2, TINY.embed_dim)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+    zero_shot = shapes_zero_shot(scorer, size=16, per_pair=4)
+    assert zero_shot["top1"] > 2 / 24  # far above chance (1/24) after 60 tiny steps
+
+
+def test_image_embedding_is_differentiable(tiny_clip_run, minilm):
+    _, result = tiny_clip_run
+    scorer = load_clip(str(result.model_dir), text_encoder=minilm)
+    images = torch.rand(2, 3, 16, 16, requires_grad=True)
+    (scorer.embed_image(images) @ scorer.embed_text(["a red circle"]).T).sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_training_errors_are_named(tmp_path):
+    with pytest.raises(DataError, match="preset"):
+        train_clip(tmp_path, tmp_path / "run", preset="huge")
+    with pytest.raises(DataError):
+        train_clip(tmp_path / "absent", tmp_path / "run", preset="tiny")
