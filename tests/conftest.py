@@ -25,3 +25,16 @@ def minilm():
     from imagesynth.text import load_text_encoder
 
     return load_text_encoder("minilm")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_run(tmp_path_factory):
+    """A tiny CLIP trained for 60 steps on a 16 px ShapesWorld folder: (root, CLIPRunResult)."""
+    from imagesynth.clip.training import train_clip
+    from imagesynth.data import ShapesConfig, build_shapes_dataset
+
+    root = tmp_path_factory.mktemp("clip")
+    build_shapes_dataset(root / "shapes", ShapesConfig(count=400, size=16, seed=0))
+    result = train_clip(root / "shapes", root / "run", preset="tiny",
+                        overrides=dict(max_steps=60, eval_every=30), show_progress=False)
+    return root, result

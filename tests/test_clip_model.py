@@ -72,18 +72,6 @@ def test_topk_accuracy_counts_ranks():
     assert scores == {"top1": pytest.approx(1 / 3), "top2": 1.0}
 
 
-@pytest.fixture(scope="session")
-def tiny_clip_run(tmp_path_factory):
-    """A tiny CLIP trained for a few dozen steps on a small ShapesWorld folder."""
-    from imagesynth.data import ShapesConfig, build_shapes_dataset
-
-    root = tmp_path_factory.mktemp("clip")
-    build_shapes_dataset(root / "shapes", ShapesConfig(count=400, size=16, seed=0))
-    result = train_clip(root / "shapes", root / "run", preset="tiny",
-                        overrides=dict(max_steps=60, eval_every=30), show_progress=False)
-    return root, result
-
-
 def test_training_writes_a_loadable_model_that_learned(tiny_clip_run, minilm):
     root, result = tiny_clip_run
     assert result.steps == 60 and (result.model_dir / "model.safetensors").is_file()

@@ -22,7 +22,7 @@ def evaluate(
     generated_dir: Path = typer.Argument(..., help="Folder of generated images."),
     ref: Path = typer.Option(..., "--ref", help="Folder of reference (real) images."),
     metrics: str = typer.Option("fd,kid,pr,dc", help=f"Comma list from {','.join(METRICS)}."),
-    extractor: str = typer.Option("inception", help="Feature extractor name."),
+    extractor: str = typer.Option("inception", help="Feature extractor: inception, or clip:MODEL (a CLIP image tower; reported as FD_clip-MODEL)."),
     inception: Optional[Path] = typer.Option(
         None, help="Inception weights (.pth or TorchScript .pt); default: "
                    "$IMAGESYNTH_HOME/weights/."),

@@ -120,11 +120,33 @@ def available_extractors() -> list[str]:
     return sorted(_REGISTRY)
 
 
+class _CLIPImageTower(nn.Module):
+    """An imagesynth CLIP's unit-norm image embedding as a feature module."""
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        self.clip_model = clip_model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip_model.encode_image(images)
+
+
+def clip_extractor(model: str, device: str = "cpu", **_unused) -> FeatureExtractor:
+    """The image tower of an imagesynth CLIP (`--extractor clip:NAME`), reported as FD_clip-NAME."""
+    from ..clip import load_clip  # deferred: loads the text encoder too
+
+    scorer = load_clip(model, device=device)
+    return ModuleExtractor(_CLIPImageTower(scorer.model), name=f"clip-{scorer.name}",
+                           image_size=scorer.model.config.image_size, device=device)
+
+
 def create_extractor(name: str, **options) -> FeatureExtractor:
-    """Build a registered extractor by name."""
+    """Build a registered extractor by name, or `clip:MODEL` for a CLIP image tower."""
+    if name.startswith("clip:"):
+        return clip_extractor(name[len("clip:"):], **options)
     if name not in _REGISTRY:
         raise ConfigError(f"unknown extractor {name!r}", field="extractor",
-                          fix=f"use one of {', '.join(available_extractors())}")
+                          fix=f"use one of {', '.join(available_extractors())} or clip:MODEL")
     return _REGISTRY[name](**options)
 
 
