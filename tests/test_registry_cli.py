@@ -111,3 +111,12 @@ def test_doctor_reports_environment(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["device"] in {"cpu"} or report["device"].startswith("cuda")
     assert report["packages"]["torch"] and report["torch_threads"] >= 1
+
+
+def test_model_folder_by_path_is_verified_against_its_own_sums(registry, tmp_path):
+    folder = _model(tmp_path / "by-path")
+    entry = registry.get(str(folder))
+    assert entry.source == "path" and registry.verify(entry) == []
+    (folder / "CARD.md").write_text("edited")
+    with pytest.raises(IntegrityError, match="CARD.md changed"):
+        registry.load_state_dict(registry.get(str(folder)))

@@ -144,6 +144,11 @@ class Registry:
             if entry.name == name_or_path:
                 return entry
         path = Path(name_or_path).expanduser()
+        if path.is_dir() and (path / SUMS_FILE).is_file() and (path / "config.json").is_file():
+            # A model folder carries its own hashes: loading it verifies against them.
+            family = json.loads((path / "config.json").read_text()).get("family", "unknown")
+            return ModelEntry(name=path.resolve().name, path=str(path.resolve()), source="path",
+                              family=family, files=read_sums(path))
         if path.exists():
             return self._describe(path.resolve(), name=path.stem, source="path")
         known = ", ".join(e.name for e in self.entries()) or "none yet"

@@ -1,0 +1,72 @@
+"""Seconds per generated image on this machine, at the default steps, batch 8, decode included.
+
+The UNets are randomly initialised with the bundled presets' sizes: speed does not depend on the
+weights. 32 px = the `shapes` preset in pixel space; 64 px = the `emoji` preset on 16x16x4 latents
+with a stand-in decoder (nearest upsample + 3x3 conv), since the autoencoder is a separate model;
+its decode cost is included but is that of the stand-in. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from imagesynth.diffusion import ClassifierFreeGuidance, EDMDenoiser, get_sampler, karras_sigmas
+from imagesynth.diffusion.noise import initial_noise
+from imagesynth.diffusion.training import PRESETS
+from imagesynth.nets.unet import build_unet, parameter_count, unet_config
+
+
+class StandInDecoder(torch.nn.Module):
+    """Latents [B,4,h,w] -> images [B,3,4h,4w] (a conv and an upsample, cost stand-in)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 3, 3, padding=1)
+
+    def forward(self, z):
+        return torch.nn.functional.interpolate(self.conv(z), scale_factor=4, mode="nearest")
+
+
+def seconds_per_image(preset: str, image_size: int, channels: int, side: int, batch: int,
+                      repeats: int, decode) -> dict:
+    settings = PRESETS[preset][0]
+    torch.manual_seed(0)
+    denoiser = EDMDenoiser(build_unet(unet_config(preset, sample_size=side, channels=channels)),
+                           settings.sigma_data).eval()
+    text = {"encoder_hidden_states": torch.randn(batch, 12, 384),
+            "encoder_attention_mask": torch.ones(batch, 12)}
+    guided = ClassifierFreeGuidance(denoiser, text, {k: v.clone() for k, v in text.items()},
+                                    settings.default_guidance)
+    sampler = get_sampler(settings.default_sampler)
+    sigmas = karras_sigmas(settings.default_steps, 0.002, 80.0)
+    times = []
+    for _ in range(repeats + 1):  # the first run warms up allocators and kernels
+        x, generators = initial_noise((channels, side, side), list(range(batch)), float(sigmas[0]))
+        start = time.perf_counter()
+        with torch.no_grad():
+            decode(sampler(guided, x, sigmas, generator=generators))
+        times.append((time.perf_counter() - start) / batch)
+    return {"preset": preset, "image_size": image_size, "space": f"{channels}x{side}x{side}",
+            "parameters": parameter_count(denoiser), "steps": settings.default_steps,
+            "sampler": settings.default_sampler, "guidance": settings.default_guidance,
+            "batch": batch, "seconds_per_image_median": round(statistics.median(times[1:]), 4),
+            "seconds_per_image_all": [round(t, 4) for t in times[1:]]}
+
+
+def main() -> None:
+    repeats = int(os.environ.get("REPEATS", "3"))
+    decoder = StandInDecoder().eval()
+    results = [seconds_per_image("shapes", 32, 3, 32, 8, repeats, lambda x: x),
+               seconds_per_image("emoji", 64, 4, 16, 8, repeats, decoder)]
+    print(json.dumps({"torch_threads": torch.get_num_threads(), "device": "cpu",
+                      "note": "random weights; speed does not depend on them",
+                      "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""`imagesynth train diffusion`: a text-to-image diffusion model on a captioned folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .train import train_app
+
+console = Console(soft_wrap=True)
+
+
+@train_app.command("diffusion")
+def train_diffusion_command(
+    data: Path = typer.Option(..., help="Captioned image folder (e.g. from `imagesynth data`)."),
+    out: Path = typer.Option(Path("runs/diffusion"), help="Run folder: checkpoints, logs, samples/, model/."),
+    preset: str = typer.Option("shapes", help="Model + schedule preset: tiny, shapes (32 px pixels), emoji (64 px latents)."),
+    steps: Optional[int] = typer.Option(None, help="Total optimiser steps (preset default if omitted)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step (preset default if omitted)."),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop (with a checkpoint) after this long; rerun to resume."),
+    autoencoder: Optional[str] = typer.Option(None, help="Autoencoder name or folder: train in its latent space."),
+    precision: str = typer.Option("fp32", help="fp32, bf16 (CPU/GPU autocast) or fp16 (CUDA)."),
+    sample_every: Optional[int] = typer.Option(None, help="Write a sample grid to RUN/samples every N steps."),
+    seed: int = typer.Option(0, help="Seed for initial weights, data order, noise and caption dropout."),
+) -> None:
+    """Train a text-conditioned EDM diffusion model (pixel or latent space) with the shared loop."""
+    from ..diffusion.training import train_diffusion
+
+    overrides: dict = {"precision": precision, "seed": seed}
+    for key, value in (("max_steps", steps), ("batch_size", batch_size),
+                       ("learning_rate", learning_rate), ("max_minutes", max_minutes),
+                       ("sample_every", sample_every)):
+        if value is not None:
+            overrides[key] = value
+    result = train_diffusion(data, out, preset=preset, overrides=overrides, autoencoder=autoencoder)
+    state = "finished" if result.stopped == "finished" else "paused (rerun the same command to resume)"
+    loss = result.last_metrics.get("loss")
+    console.print(f"[green]{state}[/] after {result.steps} steps in {result.seconds:.0f} s"
+                  + (f", last loss {loss:.4f}" if loss is not None else "")
+                  + f"; model written to {result.model_dir}")

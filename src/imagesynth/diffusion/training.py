@@ -1,0 +1,342 @@
+"""Train a text-conditioned EDM diffusion model on any captioned folder with the shared loop.
+
+Recipe: diffusers `UNet2DConditionModel` (named presets) inside `EDMDenoiser`, cross-attention on
+the text encoder's token states (computed once per distinct caption and cached on disk), the EDM
+loss, and condition dropout for classifier-free guidance. The unconditional branch is the text
+encoder's encoding of the empty caption "" (not a zero tensor), so at sampling time an empty
+negative prompt is exactly the branch the model was trained with. In latent mode the data set is
+encoded once with the autoencoder (posterior mean, already scaled) and the latents are cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import from_dict, to_dict
+from ..data.folder import CaptionedImageFolder
+from ..errors import ConfigError, DataError
+from ..io.checkpoint import load_weights, save_weights
+from ..io.files import sha256_file
+from ..nets.unet import TextConditionedUNet, build_unet, parameter_count, unet_config
+from ..paths import cache_dir
+from ..registry import Registry, write_model_folder
+from ..text import CachedTextEncoder, load_text_encoder
+from ..train import TrainConfig, train
+from .denoisers import EDMDenoiser
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """What defines a diffusion model beyond its UNet: data space, text encoder and EDM settings."""
+
+    preset: str = "shapes"
+    image_size: int = 32
+    text_encoder: str = "minilm"
+    sigma_data: float = 0.5
+    condition_dropout: float = 0.1
+    autoencoder: str | None = None
+    default_steps: int = 20
+    default_sampler: str = "dpmpp_2m"
+    default_guidance: float = 3.0
+
+    def __post_init__(self):
+        if self.image_size < 8:
+            raise ConfigError("must be at least 8", field="image_size")
+        if not 0.0 <= self.condition_dropout < 1.0:
+            raise ConfigError("must be in [0, 1)", field="condition_dropout")
+        if not self.sigma_data > 0:
+            raise ConfigError("must be positive", field="sigma_data")
+
+
+#: preset -> (model settings, loop settings); the UNet comes from nets.unet.PRESETS of that name
+PRESETS: dict[str, tuple[DiffusionConfig, dict]] = {
+    "tiny": (DiffusionConfig(preset="tiny", image_size=16, default_steps=8),
+             dict(batch_size=16, learning_rate=1e-3, warmup_steps=5, max_steps=40,
+                  ema_decay=0.9)),
+    "shapes": (DiffusionConfig(preset="shapes", image_size=32),
+               dict(batch_size=64, learning_rate=4e-4, warmup_steps=500, max_steps=100_000,
+                    ema_decay=0.9995, sample_every=1000, checkpoint_every=500)),
+    "emoji": (DiffusionConfig(preset="emoji", image_size=64, sigma_data=1.0),
+              dict(batch_size=64, learning_rate=3e-4, warmup_steps=500, max_steps=100_000,
+                   ema_decay=0.9995, sample_every=1000, checkpoint_every=500)),
+}
+
+
+def caption_options(item) -> list[str]:
+    """All captions of a folder item, the main one first, without duplicates."""
+    return list(dict.fromkeys([item.caption, *item.captions]))
+
+
+@dataclass
+class TextTable:
+    """Token states of every distinct caption, padded to one length: the model's conditioning."""
+
+    states: torch.Tensor  # [N, T, D]
+    mask: torch.Tensor  # [N, T] float, 1 = real token
+    index: dict[str, int]
+    empty: int  # row of "" (the unconditional branch)
+
+
+def encode_caption_table(encoder, captions: list[str], batch_size: int = 256) -> TextTable:
+    """Encode `captions` plus "" once; pad every row to the longest real token count."""
+    texts = list(dict.fromkeys(["", *captions]))
+    encodings = [encoder.encode(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    length = max(int(e.mask.sum(1).max()) for e in encodings)
+    states = torch.zeros(len(texts), length, encodings[0].states.shape[-1])
+    mask = torch.zeros(len(texts), length)
+    row = 0
+    for encoding in encodings:
+        n, t = encoding.states.shape[0], min(length, encoding.states.shape[1])
+        states[row:row + n, :t] = encoding.states[:, :t]
+        mask[row:row + n, :t] = encoding.mask[:, :t].float()
+        row += n
+    return TextTable(states, mask, {text: i for i, text in enumerate(texts)}, empty=0)
+
+
+class DiffusionTrainingSet(torch.utils.data.Dataset):
+    """Training samples (uint8 images or float latents, kept in memory) with caption indices."""
+
+    def __init__(self, samples: torch.Tensor, caption_choices: torch.Tensor):
+        self.samples = samples
+        self.caption_choices = caption_choices
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        return self.samples[index], self.caption_choices[index]
+
+
+def caption_choice_table(items, index: dict[str, int]) -> torch.Tensor:
+    """[N, K] caption rows per item (-1 pads items with fewer alternatives)."""
+    width = max(len(caption_options(item)) for item in items)
+    table = torch.full((len(items), width), -1, dtype=torch.long)
+    for i, item in enumerate(items):
+        rows = [index[c] for c in caption_options(item)]
+        table[i, :len(rows)] = torch.tensor(rows)
+    return table
+
+
+def images_as_uint8(folder: CaptionedImageFolder) -> torch.Tensor:
+    """All images of a folder as uint8 [N,3,H,W] (a quarter of the float32 memory)."""
+    if len(folder) == 0:
+        raise DataError(f"{folder.root} has no usable captioned images", field="data",
+                        fix="check it with `imagesynth data folder`")
+    return torch.stack([((folder[i]["image"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+                        for i in range(len(folder))])
+
+
+class DiffusionObjective:
+    """EDM loss with a random caption per image and condition dropout to the "" embedding."""
+
+    def __init__(self, text: TextTable, condition_dropout: float, latent: bool):
+        self.text, self.condition_dropout, self.latent = text, condition_dropout, latent
+
+    def __call__(self, denoiser: EDMDenoiser, batch, generator: torch.Generator):
+        samples, choices = batch
+        device = samples.device
+        x0 = samples.float() if self.latent else samples.float() / 127.5 - 1
+        counts = (choices >= 0).sum(dim=1)
+        pick = (torch.rand(len(choices), generator=generator, device=device) * counts).long()
+        rows = choices.gather(1, pick[:, None]).squeeze(1)
+        dropped = torch.rand(len(rows), generator=generator, device=device) < self.condition_dropout
+        rows = torch.where(dropped, torch.full_like(rows, self.text.empty), rows)
+        states = self.text.states.to(device)[rows]
+        mask = self.text.mask.to(device)[rows]
+        sigma = denoiser.sample_training_sigmas(len(x0), generator, device)
+        noise = torch.randn(x0.shape, generator=generator, device=device)
+        loss = denoiser.loss(x0, noise, sigma, encoder_hidden_states=states,
+                             encoder_attention_mask=mask)
+        return loss.mean(), {"dropped": dropped.float().mean().item()}
+
+
+def load_autoencoder_spec(spec: str) -> tuple[nn.Module, str]:
+    """Load an autoencoder model by registry name or path; return it and its weights' SHA-256."""
+    from ..nets.autoencoder import load_autoencoder  # built by the autoencoder family
+
+    entry = Registry().get(spec)
+    weights = [rel for rel in sorted(entry.files) if rel.endswith(".safetensors")]
+    digest = entry.files[weights[0]] if weights else sha256_file(entry.root)
+    return load_autoencoder(spec), digest
+
+
+@torch.no_grad()
+def encode_latents(autoencoder: nn.Module, images_u8: torch.Tensor,
+                   batch_size: int = 64) -> torch.Tensor:
+    """Scaled posterior-mean latents of uint8 images, in batches."""
+    autoencoder.eval()
+    device = next(autoencoder.parameters(), torch.empty(0)).device
+    chunks = [autoencoder.encode(images_u8[i:i + batch_size].to(device).float() / 127.5 - 1).cpu()
+              for i in range(0, len(images_u8), batch_size)]
+    return torch.cat(chunks)
+
+
+def cached_latents(autoencoder: nn.Module, autoencoder_hash: str, images_u8: torch.Tensor,
+                   run_dir: Path) -> torch.Tensor:
+    """Encode the data set once per (autoencoder, data) and keep the latents in the run folder."""
+    path = run_dir / f"latents-{autoencoder_hash[:16]}.safetensors"
+    if path.is_file():
+        tensors = load_weights(path)
+        if tensors["latents"].shape[0] == images_u8.shape[0]:
+            return tensors["latents"]
+    latents = encode_latents(autoencoder, images_u8)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(path, {"latents": latents.contiguous()}, config={"autoencoder": autoencoder_hash})
+    return latents
+
+
+def sample_grid(denoiser: EDMDenoiser, text: TextTable, prompts: list[str], shape: tuple[int, ...],
+                decode, num_steps: int = 20, guidance_scale: float = 3.0) -> torch.Tensor:
+    """Images [N,3,H,W] in [0,1] for `prompts` (seed = prompt index), for progress grids."""
+    from .guidance import ClassifierFreeGuidance
+    from .noise import initial_noise
+    from .samplers import sample_dpmpp_2m
+    from .schedules import karras_sigmas
+
+    device = next(denoiser.parameters()).device
+    rows = torch.tensor([text.index[p] for p in prompts])
+    cond = {"encoder_hidden_states": text.states[rows].to(device),
+            "encoder_attention_mask": text.mask[rows].to(device)}
+    empty = torch.full_like(rows, text.empty)
+    uncond = {"encoder_hidden_states": text.states[empty].to(device),
+              "encoder_attention_mask": text.mask[empty].to(device)}
+    sigmas = karras_sigmas(num_steps, 0.002, 80.0)
+    x, _ = initial_noise(shape, list(range(len(prompts))), float(sigmas[0]), device=device)
+    guided = ClassifierFreeGuidance(denoiser, cond, uncond, guidance_scale)
+    with torch.no_grad():
+        images = decode(sample_dpmpp_2m(guided, x, sigmas))
+    return ((images.clamp(-1, 1) + 1) / 2).cpu()
+
+
+def save_grid_png(images: torch.Tensor, path: Path, columns: int = 8) -> None:
+    """Tile images [N,3,H,W] in [0,1] into one PNG."""
+    from PIL import Image
+
+    from ..io.files import atomic_path
+
+    n, _, h, w = images.shape
+    columns = min(columns, n)
+    rows = (n + columns - 1) // columns
+    canvas = torch.ones(3, rows * h, columns * w)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = image
+    array = (canvas.permute(1, 2, 0) * 255).round().byte().numpy()
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+@dataclass(frozen=True)
+class DiffusionRunResult:
+    """Where the trained model went and how the run ended."""
+
+    model_dir: Path
+    steps: int
+    stopped: str
+    last_metrics: dict
+    seconds: float
+
+
+def train_diffusion(data: str | Path, out: str | Path, preset: str = "shapes",
+                    overrides: dict | None = None, model_overrides: dict | None = None,
+                    autoencoder: str | nn.Module | None = None, autoencoder_hash: str | None = None,
+                    sample_prompts: list[str] | None = None, stop_after: int | None = None,
+                    show_progress: bool = True, resume: bool = True,
+                    text_encoder=None) -> DiffusionRunResult:
+    """Train a text-to-image diffusion model on `data` into `out`; write `out/model/` at the end.
+
+    `autoencoder` (a registry name/path, or a loaded module with `autoencoder_hash` for tests)
+    switches to latent diffusion (the UNet takes the latents' channels and size).
+    `text_encoder` reuses an already loaded encoder named like the config's `text_encoder`.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}", field="preset",
+                          fix=f"choose one of: {', '.join(PRESETS)}")
+    model_config, loop = PRESETS[preset]
+    model_config = dataclasses.replace(model_config, **(model_overrides or {}))
+    config = from_dict(TrainConfig, {**loop, **(overrides or {})})
+    started, out = time.perf_counter(), Path(out)
+
+    folder = CaptionedImageFolder(data, resolution=model_config.image_size, split="train")
+    images_u8 = images_as_uint8(folder)
+    captions = sorted({c for item in folder.items for c in caption_options(item)})
+    encoder = CachedTextEncoder(text_encoder or load_text_encoder(model_config.text_encoder),
+                                db_path=cache_dir("text") / "embeddings.sqlite")
+    text = encode_caption_table(encoder, captions)
+    choices = caption_choice_table(folder.items, text.index)
+
+    latent_info: dict[str, Any] | None = None
+    decode = lambda x: x  # noqa: E731 - pixel space: samples are images
+    if autoencoder is not None:
+        if isinstance(autoencoder, str):
+            spec = autoencoder
+            autoencoder, autoencoder_hash = load_autoencoder_spec(spec)
+        else:
+            spec = getattr(autoencoder, "spec", None)
+            if autoencoder_hash is None:
+                raise ConfigError("a loaded autoencoder needs its weights hash",
+                                  field="autoencoder_hash")
+        samples = cached_latents(autoencoder, autoencoder_hash, images_u8, out)
+        latent_info = {"spec": spec, "sha256": autoencoder_hash,
+                       "latent_channels": int(autoencoder.latent_channels),
+                       "downsample_factor": int(autoencoder.downsample_factor),
+                       "latent_std": float(samples.std())}
+        decode = autoencoder.decode
+    else:
+        samples = images_u8
+    unet_settings = unet_config(model_config.preset, encoder.state_dim,
+                                sample_size=samples.shape[-1], channels=samples.shape[1])
+
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        network = build_unet(unet_settings)
+    denoiser = EDMDenoiser(network, sigma_data=model_config.sigma_data)
+    objective = DiffusionObjective(text, model_config.condition_dropout, latent_info is not None)
+    prompts = [p for p in (sample_prompts or captions[:8]) if p in text.index][:16]
+    if not prompts:
+        prompts = captions[:8]
+
+    def on_sample(step: int, model: EDMDenoiser, run_dir: Path) -> None:
+        images = sample_grid(model, text, prompts, tuple(samples.shape[1:]), decode)
+        save_grid_png(images, run_dir / "samples" / f"step-{step:07d}.png")
+
+    result = train(denoiser, DiffusionTrainingSet(samples, choices), objective, config, out,
+                   on_sample=on_sample, stop_after=stop_after, show_progress=show_progress,
+                   resume=resume)
+    final = result.ema if result.ema is not None else denoiser
+    network_state = {k.removeprefix("network."): v for k, v in final.state_dict().items()}
+    full_config = {"family": "diffusion", "diffusion": to_dict(model_config),
+                   "unet": unet_settings, "parameters": parameter_count(final),
+                   "sigma_data": model_config.sigma_data, "text_encoder": model_config.text_encoder,
+                   "image_size": model_config.image_size, "channels": samples.shape[1],
+                   "sample_size": samples.shape[-1], "autoencoder": latent_info,
+                   "train": to_dict(config), "steps": result.step, "data": Path(data).name,
+                   "last_metrics": result.last_metrics}
+    card = (f"# Diffusion model trained on {Path(data).name}\n\n"
+            f"Preset `{preset}` ({parameter_count(final) / 1e6:.2f} M parameters), "
+            f"{result.step} steps of batch {config.batch_size}, "
+            f"{'latent' if latent_info else 'pixel'} space, {model_config.image_size} px.\n\n"
+            f"Last logged metrics: `{json.dumps(result.last_metrics)}`\n")
+    model_dir = write_model_folder(out / "model", network_state, full_config, card)
+    return DiffusionRunResult(model_dir, result.step, result.stopped, result.last_metrics,
+                              time.perf_counter() - started)
+
+
+def load_denoiser(state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -> EDMDenoiser:
+    """Rebuild the EDM denoiser of a diffusion model folder from its config and weights."""
+    network: TextConditionedUNet = build_unet(config["unet"])
+    network.load_state_dict(state_dict)
+    return EDMDenoiser(network, sigma_data=float(config["sigma_data"])).eval()
+
+
+__all__ = ["DiffusionConfig", "DiffusionObjective", "DiffusionRunResult", "DiffusionTrainingSet",
+           "PRESETS", "TextTable", "encode_caption_table", "load_denoiser",
+           "sample_grid", "save_grid_png", "train_diffusion"]

@@ -1,0 +1,97 @@
+"""Text-conditioned UNets: named presets that build diffusers' `UNet2DConditionModel`.
+
+Cross-attention attends to the text encoder's token states (384-d for MiniLM). Presets are sized
+for the two kinds of bundled model: 32 px pixel space (ShapesWorld) and 16x16x4 latents (64 px
+emoji through an autoencoder with downsample factor 4), plus a "tiny" one for tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+from torch import nn
+
+from ..errors import ConfigError
+
+_DOWN = {"attn": "CrossAttnDownBlock2D", "plain": "DownBlock2D"}
+_UP = {"attn": "CrossAttnUpBlock2D", "plain": "UpBlock2D"}
+
+
+def _unet_kwargs(sample_size: int, channels: int, widths: tuple[int, ...],
+                 attention: tuple[bool, ...], layers_per_block: int, head_dim: int,
+                 norm_groups: int, text_dim: int) -> dict[str, Any]:
+    kinds = ["attn" if a else "plain" for a in attention]
+    return dict(sample_size=sample_size, in_channels=channels, out_channels=channels,
+                block_out_channels=list(widths), layers_per_block=layers_per_block,
+                down_block_types=[_DOWN[k] for k in kinds],
+                up_block_types=[_UP[k] for k in reversed(kinds)],
+                mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=text_dim,
+                attention_head_dim=head_dim, norm_num_groups=norm_groups)
+
+
+#: preset name -> keyword arguments of UNet2DConditionModel (text_dim filled in by build_unet)
+PRESETS: dict[str, dict[str, Any]] = {
+    # 16 px pixel space, for tests: trains in seconds.
+    "tiny": dict(sample_size=16, channels=3, widths=(16, 32), attention=(False, True),
+                 layers_per_block=1, head_dim=8, norm_groups=8),
+    # 32 px pixel space (ShapesWorld); attention at 16x16 and 8x8 where relations are decided.
+    "shapes": dict(sample_size=32, channels=3, widths=(32, 64, 128), attention=(False, True, True),
+                   layers_per_block=1, head_dim=32, norm_groups=16),
+    # 16x16x4 latents of 64 px images (autoencoder downsample factor 4).
+    "emoji": dict(sample_size=16, channels=4, widths=(64, 128, 192), attention=(False, True, True),
+                  layers_per_block=1, head_dim=32, norm_groups=32),
+}
+
+
+def unet_config(preset: str, text_dim: int = 384, **overrides: Any) -> dict[str, Any]:
+    """The full UNet2DConditionModel keyword arguments of a named preset (JSON-serialisable)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown UNet preset {preset!r}", field="preset",
+                          fix=f"choose one of: {', '.join(PRESETS)}")
+    settings = {**PRESETS[preset], **overrides}
+    return _unet_kwargs(text_dim=text_dim, **settings)
+
+
+class TextConditionedUNet(nn.Module):
+    """The network F of the EDM denoiser: F(c_in x, c_noise, token states, token mask).
+
+    `c_noise = ln(sigma) / 4` is fed as diffusers' continuous timestep; padded text tokens are
+    excluded from cross-attention through `encoder_attention_mask`.
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.config = dict(config)
+        self.unet = UNet2DConditionModel(**config)
+
+    @property
+    def channels(self) -> int:
+        """Channels of the images or latents the UNet denoises."""
+        return self.config["in_channels"]
+
+    @property
+    def sample_size(self) -> int:
+        """Side length (pixels or latent cells) the UNet was built for."""
+        return self.config["sample_size"]
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                encoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw network output F for inputs x [B,C,H,W] and text states [B,T,D]."""
+        c_noise = c_noise.expand(x.shape[0]) if c_noise.ndim == 0 else c_noise
+        return self.unet(x, c_noise, encoder_hidden_states=encoder_hidden_states,
+                         encoder_attention_mask=encoder_attention_mask, return_dict=False)[0]
+
+
+def build_unet(preset_or_config: str | dict[str, Any], text_dim: int = 384,
+               **overrides: Any) -> TextConditionedUNet:
+    """A freshly initialised UNet from a preset name or a full config dict."""
+    config = (unet_config(preset_or_config, text_dim, **overrides)
+              if isinstance(preset_or_config, str) else dict(preset_or_config))
+    return TextConditionedUNet(config)
+
+
+def parameter_count(module: nn.Module) -> int:
+    """Number of parameters of a module."""
+    return sum(p.numel() for p in module.parameters())

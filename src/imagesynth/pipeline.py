@@ -1,0 +1,297 @@
+"""Text-to-image pipeline over a trained diffusion model folder.
+
+prompt(s) + negative -> text states -> CFG-wrapped EDM denoiser -> sampler over Karras sigmas with
+one seeded generator per image -> (autoencoder decode) -> PIL images, each with its full recipe.
+Image i depends only on seed i, so a batch gives the same pixels as generating each image alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import ConfigError, InputImageError, ModelNotFoundError, NumericError
+from .io.files import sha256_bytes
+from .io.images import open_image
+from .registry import Registry
+
+SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
+ImageInput = str | Path | bytes | Image.Image
+
+
+@dataclass
+class GenerationResult:
+    """Generated images (PIL) and, for each, the recipe that regenerates it."""
+
+    images: list[Image.Image]
+    recipes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _read_input_image(source: ImageInput, mode: str, field_name: str) -> tuple[Image.Image, str]:
+    """Decode an init image or mask through the bounded decoder; return it and its content hash."""
+    if isinstance(source, Image.Image):
+        image = source.convert(mode)
+    else:
+        image = open_image(source if isinstance(source, bytes) else Path(source), mode=mode,
+                           field=field_name)
+    return image, sha256_bytes(image.tobytes())
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL image -> float tensor [1,C,H,W] in [0, 1]."""
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = array[..., None] if array.ndim == 2 else array
+    return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+
+
+def _to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """Images [B,3,H,W] in [-1,1] -> 8-bit PIL images."""
+    array = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return [Image.fromarray(a) for a in array.cpu().numpy()]
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+
+    from . import __version__
+
+    return {"imagesynth": __version__, "torch": torch.__version__,
+            "diffusers": diffusers.__version__}
+
+
+class DiffusionPipeline:
+    """A loaded diffusion model: call it with a prompt to get images and recipes."""
+
+    def __init__(self, denoiser, text_encoder, config: dict[str, Any], model_name: str,
+                 model_hash: str, autoencoder=None, device: torch.device | str = "cpu"):
+        self.denoiser = denoiser.to(device).eval()
+        self.text_encoder = text_encoder
+        self.config = config
+        self.model_name, self.model_hash = model_name, model_hash
+        self.autoencoder = autoencoder.to(device).eval() if autoencoder is not None else None
+        self.device = torch.device(device)
+        settings = config.get("diffusion", {})
+        self.image_size = int(config["image_size"])
+        self.default_steps = int(settings.get("default_steps", 20))
+        self.default_sampler = settings.get("default_sampler", "dpmpp_2m")
+        self.default_guidance = float(settings.get("default_guidance", 3.0))
+
+    @property
+    def allowed_sizes(self) -> list[int]:
+        """Image sides this model generates: its training size only."""
+        return [self.image_size]
+
+    def encode_prompts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states [B,T,D] and float mask [B,T], padded to the longest prompt.
+
+        Each distinct prompt is encoded on its own: batched attention over padding changes the
+        last bits, and an image must not depend on which other prompts share its batch.
+        """
+        encodings = {text: self.text_encoder([text]) for text in dict.fromkeys(texts)}
+        length = max(int(e.mask.sum()) for e in encodings.values())
+        dim = next(iter(encodings.values())).states.shape[-1]
+        states, mask = torch.zeros(len(texts), length, dim), torch.zeros(len(texts), length)
+        for i, text in enumerate(texts):
+            n = int(encodings[text].mask.sum())
+            states[i, :n] = encodings[text].states[0, :n]
+            mask[i, :n] = 1
+        return states.to(self.device), mask.to(self.device)
+
+    def _validate(self, prompts: list[str], num_steps: int, guidance_scale: float, size: int,
+                  strength: float, seeds: list[int]) -> None:
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ConfigError("the prompt is empty", field="prompt",
+                              fix='describe the image, e.g. "a red circle"')
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ConfigError(f"must be an integer >= 1, got {num_steps!r}", field="steps")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) \
+                or guidance_scale < 0:
+            raise ConfigError(f"must be a number >= 0, got {guidance_scale!r}", field="guidance",
+                              fix="0 ignores the prompt, 1 is plain conditioning, 2-5 is typical")
+        if size not in self.allowed_sizes:
+            raise ConfigError(f"{size} is not a size this model generates", field="size",
+                              fix=f"model {self.model_name!r} makes {self.image_size}x"
+                                  f"{self.image_size} images only (its training size)")
+        if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise ConfigError(f"must be in (0, 1], got {strength!r}", field="strength")
+        if any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2 ** 63
+               for s in seeds):
+            raise ConfigError("seeds must be integers in [0, 2^63)", field="seed")
+
+    def _encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B,3,H,W] in [-1,1] -> the space the denoiser works in."""
+        if self.autoencoder is None:
+            return images
+        with torch.no_grad():
+            return self.autoencoder.encode(images)
+
+    def _decode(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.isfinite(x).all():
+            raise NumericError("the sampler produced NaN or Inf", field="sampling",
+                               fix="lower the guidance scale, or use more steps")
+        if self.autoencoder is None:
+            return x
+        with torch.no_grad():
+            images = self.autoencoder.decode(x)
+        if not torch.isfinite(images).all():
+            raise NumericError("decoding produced NaN or Inf", field="sampling",
+                               fix="lower the guidance scale")
+        return images
+
+    def _init_and_mask(self, init_image: ImageInput | None, mask: ImageInput | None, size: int
+                       ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
+        """Init image [1,3,S,S] in [-1,1] and mask [1,1,s,s] in the denoiser's resolution."""
+        recipe: dict[str, Any] = {}
+        if mask is not None and init_image is None:
+            raise ConfigError("a mask needs an init image to repaint", field="mask",
+                              fix="pass --init-image with --mask")
+        if init_image is None:
+            return None, None, recipe
+        image, recipe["init_image_hash"] = _read_input_image(init_image, "RGB", "init_image")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.LANCZOS)
+        x0 = _to_tensor(image).to(self.device) * 2 - 1
+        mask_tensor = None
+        if mask is not None:
+            mask_image, recipe["mask_hash"] = _read_input_image(mask, "L", "mask")
+            if mask_image.size != (size, size):
+                raise InputImageError(f"the mask is {mask_image.size[0]}x{mask_image.size[1]}, "
+                                      f"the image {size}x{size}", field="mask",
+                                      fix=f"make the mask {size}x{size} (white = repaint)")
+            mask_tensor = _to_tensor(mask_image).to(self.device)
+        return x0, mask_tensor, recipe
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], *, seed: int | list[int] = 0,
+                 negative_prompt: str = "", num_images: int = 1, num_steps: int | None = None,
+                 sampler: str | None = None, guidance_scale: float | None = None,
+                 size: int | None = None, init_image: ImageInput | None = None,
+                 strength: float = 0.6, mask: ImageInput | None = None,
+                 mask_blur: float = 0.0) -> GenerationResult:
+        """Generate images: one per prompt, or `num_images` of one prompt with seeds seed, seed+1, ..."""
+        from .diffusion import (ClassifierFreeGuidance, InpaintDenoiser, get_sampler,
+                                img2img_sigmas, karras_sigmas, randn_like_per_sample)
+        from .diffusion.noise import generators_from_seeds
+
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if isinstance(seed, list):
+            seeds = list(seed)
+        elif len(prompts) == 1:
+            if not isinstance(num_images, int) or num_images < 1:
+                raise ConfigError(f"must be >= 1, got {num_images!r}", field="n")
+            seeds = [seed + i for i in range(num_images)] if isinstance(seed, int) else [seed]
+        else:
+            seeds = [seed] * len(prompts)
+        if len(prompts) == 1:
+            prompts = prompts * len(seeds)
+        if len(seeds) != len(prompts):
+            raise ConfigError(f"{len(seeds)} seeds for {len(prompts)} prompts", field="seed")
+        num_steps = self.default_steps if num_steps is None else num_steps
+        sampler_name = sampler or self.default_sampler
+        guidance_scale = self.default_guidance if guidance_scale is None else guidance_scale
+        size = self.image_size if size is None else size
+        self._validate(prompts, num_steps, guidance_scale, size, strength, seeds)
+        sample = get_sampler(sampler_name)
+        x0, mask_tensor, edit_recipe = self._init_and_mask(init_image, mask, size)
+
+        states, token_mask = self.encode_prompts(prompts)
+        negative_states, negative_mask = self.encode_prompts([negative_prompt] * len(prompts))
+        length = max(states.shape[1], negative_states.shape[1])
+        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1]))  # noqa: E731
+        pad_mask = lambda m: torch.nn.functional.pad(m, (0, length - m.shape[1]))  # noqa: E731
+        cond = {"encoder_hidden_states": pad(states), "encoder_attention_mask": pad_mask(token_mask)}
+        uncond = {"encoder_hidden_states": pad(negative_states),
+                  "encoder_attention_mask": pad_mask(negative_mask)}
+        denoiser = ClassifierFreeGuidance(self.denoiser, cond, uncond, guidance_scale)
+        generators = generators_from_seeds(seeds)
+        channels, side = int(self.config["channels"]), int(self.config["sample_size"])
+        template = torch.empty(len(seeds), channels, side, side)
+
+        if x0 is None:
+            sigmas = karras_sigmas(num_steps, SIGMA_MIN, SIGMA_MAX, RHO).to(self.device)
+            x = (randn_like_per_sample(template, generators) * sigmas[0]).to(self.device)
+            result = sample(denoiser, x, sigmas, generator=generators)
+        else:
+            z0 = self._encode_image(x0).expand(len(seeds), -1, -1, -1)
+            if mask_tensor is None:
+                from .diffusion import img2img
+
+                sigmas = img2img_sigmas(num_steps, strength, SIGMA_MIN, SIGMA_MAX, RHO)
+                result = img2img(sample, denoiser, z0, sigmas.to(self.device), generators)
+            else:
+                if side != size:  # latent model: the mask covers latent cells
+                    mask_tensor = torch.nn.functional.interpolate(mask_tensor, size=(side, side),
+                                                                  mode="area")
+                inpaint = InpaintDenoiser(denoiser, z0, mask_tensor, generators, mask_blur)
+                sigmas = karras_sigmas(num_steps, SIGMA_MIN, SIGMA_MAX, RHO).to(self.device)
+                result = sample(inpaint, inpaint.start(sigmas[0], generators), sigmas,
+                                generator=generators)
+        images = _to_pil(self._decode(result))
+
+        common = {"negative_prompt": negative_prompt, "steps": num_steps, "sampler": sampler_name,
+                  "sampler_options": {"schedule": "karras", "sigma_min": SIGMA_MIN,
+                                      "sigma_max": SIGMA_MAX, "rho": RHO},
+                  "guidance_scale": guidance_scale, "size": [size, size],
+                  "model": self.model_name, "model_hash": self.model_hash,
+                  "versions": _versions(), "device": str(self.device), "dtype": "float32",
+                  "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                      timespec="seconds")}
+        if x0 is not None:
+            common.update(edit_recipe, strength=strength if mask_tensor is None else None)
+            if mask_tensor is not None:
+                common["mask_blur"] = mask_blur
+        recipes = [{"prompt": p, "seed": s, **common} for p, s in zip(prompts, seeds)]
+        return GenerationResult(images, recipes)
+
+
+def load_pipeline(name_or_path: str = "emoji", *, autoencoder=None, text_encoder=None,
+                  device: torch.device | str | None = None) -> DiffusionPipeline:
+    """Load a diffusion model (registry name, bundled name or folder) as a pipeline.
+
+    `autoencoder` / `text_encoder` reuse already loaded modules instead of loading the config's.
+    """
+    from .diffusion.training import load_denoiser
+    from .text import load_text_encoder
+
+    registry = Registry()
+    entry = registry.get(str(name_or_path))
+    config = entry.config()
+    if config.get("family") != "diffusion":
+        raise ModelNotFoundError(f"{entry.name!r} is a {config.get('family', 'unknown')!r} model, "
+                                 "not a diffusion model", field="model",
+                                 fix="pick a diffusion model from `imagesynth models list`")
+    state = registry.load_state_dict(entry)
+    weights = [rel for rel in sorted(entry.files) if rel.endswith(".safetensors")]
+    model_hash = entry.files[weights[0]] if weights else ""
+    latent = config.get("autoencoder")
+    if latent and autoencoder is None:
+        from .diffusion.training import load_autoencoder_spec
+
+        if not latent.get("spec"):
+            raise ModelNotFoundError("this latent model names no autoencoder", field="autoencoder",
+                                     fix="pass the autoencoder it was trained with")
+        autoencoder, digest = load_autoencoder_spec(latent["spec"])
+        if digest != latent["sha256"]:
+            raise ModelNotFoundError(f"autoencoder {latent['spec']!r} is not the one this model "
+                                     "was trained with (SHA-256 differs)", field="autoencoder",
+                                     fix="restore the original autoencoder weights")
+    # A name resolves through the registry; a path is stored resolved so `reproduce` finds it.
+    model_name = entry.name if entry.source != "path" else str(entry.root)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    text_encoder = text_encoder or load_text_encoder(config["text_encoder"])
+    return DiffusionPipeline(load_denoiser(state, config), text_encoder,
+                             config, model_name, model_hash, autoencoder, device)
+
+
+def image_bytes_equal(first: Image.Image, second: Image.Image) -> bool:
+    """True when two images have identical mode, size and pixels."""
+    return (first.mode == second.mode and first.size == second.size
+            and first.tobytes() == second.tobytes())
+

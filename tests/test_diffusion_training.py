@@ -1,0 +1,129 @@
+"""The diffusion family on the shared loop: caption table, objective, resume, latent mode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from imagesynth.data import ShapesConfig, build_shapes_dataset
+from imagesynth.diffusion import EDMDenoiser
+from imagesynth.diffusion.training import (DiffusionObjective, encode_caption_table,
+                                           train_diffusion)
+from imagesynth.errors import ConfigError
+from imagesynth.io.checkpoint import load_weights
+from imagesynth.nets.unet import build_unet, unet_config
+
+
+class PoolingAutoencoder(torch.nn.Module):
+    """Stand-in autoencoder: 2x average-pool to 4 channels, nearest upsample back."""
+
+    latent_channels, downsample_factor = 4, 2
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a device
+
+    def encode(self, images):
+        pooled = F.avg_pool2d(images, 2)
+        return torch.cat([pooled, pooled.mean(1, keepdim=True)], 1)
+
+    def decode(self, latents):
+        return F.interpolate(latents[:, :3], scale_factor=2, mode="nearest")
+
+
+@pytest.fixture(scope="module")
+def shapes16(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes16")
+    build_shapes_dataset(out, ShapesConfig(count=24, size=16, seed=0))
+    return out
+
+
+def test_caption_table_pads_and_keeps_the_empty_caption(minilm):
+    table = encode_caption_table(minilm, ["a red circle", "a blue square left of a green circle"])
+    assert table.empty == 0 and table.index[""] == 0
+    direct = minilm(["a blue square left of a green circle"])
+    row = table.index["a blue square left of a green circle"]
+    n = int(direct.mask.sum())
+    assert int(table.mask[row].sum()) == n
+    assert torch.allclose(table.states[row, :n], direct.states[0, :n], atol=1e-5)
+    assert table.mask[0].sum() == minilm([""]).mask.sum()
+
+
+def test_objective_is_a_function_of_the_step_generator(minilm):
+    table = encode_caption_table(minilm, ["a red circle", "a blue square"])
+    torch.manual_seed(0)
+    denoiser = EDMDenoiser(build_unet(unet_config("tiny", sample_size=8)))
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    choices = torch.tensor([[1, -1], [2, -1], [1, 2], [2, 1]])
+    objective = DiffusionObjective(table, condition_dropout=0.5, latent=False)
+    first, _ = objective(denoiser, (images, choices), torch.Generator().manual_seed(3))
+    again, _ = objective(denoiser, (images, choices), torch.Generator().manual_seed(3))
+    other, _ = objective(denoiser, (images, choices), torch.Generator().manual_seed(4))
+    assert torch.isfinite(first) and first == again and first != other
+
+
+def test_full_dropout_trains_on_the_empty_caption_only(minilm):
+    table = encode_caption_table(minilm, ["a red circle"])
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, c_noise, encoder_hidden_states, encoder_attention_mask):
+            seen.append(encoder_hidden_states)
+            return torch.zeros_like(x)
+
+    objective = DiffusionObjective(table, condition_dropout=0.999999, latent=False)
+    batch = (torch.zeros(3, 3, 8, 8, dtype=torch.uint8), torch.tensor([[1], [1], [1]]))
+    objective(EDMDenoiser(Recorder()), batch, torch.Generator().manual_seed(0))
+    assert torch.equal(seen[0], table.states[[0, 0, 0]])
+
+
+def _weights(run):
+    return load_weights(run / "model" / "model.safetensors")
+
+
+def test_resume_after_a_stop_gives_identical_weights(shapes16, tmp_path, minilm):
+    settings = dict(preset="tiny", overrides=dict(max_steps=4, batch_size=4, checkpoint_every=100),
+                    show_progress=False, text_encoder=minilm)
+    train_diffusion(shapes16, tmp_path / "straight", **settings)
+    stopped = train_diffusion(shapes16, tmp_path / "resumed", stop_after=2, **settings)
+    assert stopped.stopped == "time_budget" and stopped.steps == 2
+    resumed = train_diffusion(shapes16, tmp_path / "resumed", **settings)
+    assert resumed.steps == 4
+    straight, again = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert straight.keys() == again.keys()
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    straight_log = [json.loads(line)
+                    for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert [e["loss"] for e in log] == [e["loss"] for e in straight_log]
+
+
+def test_latent_mode_records_the_autoencoder_and_generates(shapes16, tmp_path, minilm):
+    from imagesynth.pipeline import load_pipeline
+
+    autoencoder = PoolingAutoencoder()
+    result = train_diffusion(shapes16, tmp_path / "latent", preset="tiny",
+                             overrides=dict(max_steps=2, batch_size=4), show_progress=False,
+                             autoencoder=autoencoder, autoencoder_hash="ab" * 32,
+                             text_encoder=minilm)
+    config = json.loads((result.model_dir / "config.json").read_text())
+    assert config["family"] == "diffusion" and config["channels"] == 4
+    assert config["sample_size"] == 8 and config["image_size"] == 16
+    assert config["autoencoder"]["sha256"] == "ab" * 32
+    assert config["unet"]["cross_attention_dim"] == 384 and config["text_encoder"] == "minilm"
+    assert list((tmp_path / "latent").glob("latents-*.safetensors"))
+    pipe = load_pipeline(str(result.model_dir), autoencoder=autoencoder, text_encoder=minilm)
+    out = pipe("a red circle", seed=1, num_steps=2)
+    assert out.images[0].size == (16, 16)
+
+
+def test_training_errors_name_the_field(shapes16, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        train_diffusion(shapes16, tmp_path / "x", preset="huge")
+    assert info.value.field == "preset"
+    with pytest.raises(ConfigError) as info:
+        unet_config("huge")
+    assert info.value.field == "preset"
