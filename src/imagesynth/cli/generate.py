@@ -76,18 +76,21 @@ def generate(
 
 @app.command()
 def reproduce(
-    image: Path = typer.Argument(..., help="A PNG written by `imagesynth generate`."),
+    image: Path = typer.Argument(..., help="A PNG written by `imagesynth generate` or `dream`."),
     init_image: Optional[Path] = typer.Option(None, help="The init image, when the recipe used one."),
     mask: Optional[Path] = typer.Option(None, help="The mask, when the recipe used one."),
     out: Optional[Path] = typer.Option(None, help="Also save the regenerated image here."),
 ) -> None:
-    """Regenerate an image from the recipe in its PNG and report whether the pixels are identical."""
+    """Regenerate an image (generate or dream) from its PNG recipe; report whether pixels match."""
     from ..api import load
-    from ..io.images import open_image
-    from ..io.pngmeta import read_recipe, save_png
-    from ..pipeline import image_bytes_equal
+    from ..io.pngmeta import read_recipe
 
     recipe = read_recipe(image)
+    if recipe.get("kind") == "dream":  # written by `imagesynth dream`: replay the optimisation
+        from ..guided import reproduce_from_recipe
+
+        _report_match(image, reproduce_from_recipe(recipe), out, recipe)
+        return
     if "seed" not in recipe or "model" not in recipe:
         raise InputImageError("the PNG has no imagesynth generation recipe", field="image",
                               fix="pass a PNG written by `imagesynth generate`")
@@ -107,9 +110,17 @@ def reproduce(
         if recipe.get(key) and result.recipes[0].get(key) != recipe[key]:
             raise InputImageError(f"the given file does not match the recipe's {key}",
                                   field=key.removesuffix("_hash"))
-    regenerated = result.images[0]
+    _report_match(image, result.images[0], out, result.recipes[0])
+
+
+def _report_match(image: Path, regenerated, out: Optional[Path], recipe: dict) -> None:
+    """Print whether `regenerated` equals the PNG's pixels; exit 1 when it does not."""
+    from ..io.images import open_image
+    from ..io.pngmeta import save_png
+    from ..pipeline import image_bytes_equal
+
     if out is not None:
-        save_png(regenerated, out, result.recipes[0])
+        save_png(regenerated, out, recipe)
     if image_bytes_equal(open_image(image, mode="RGB"), regenerated):
         console.print(f"[green]identical[/]: {image} reproduced pixel for pixel")
         return

@@ -1,0 +1,75 @@
+"""ShapesWorld checker pass rates of CLIP-guided synthesis, per drawer.
+
+For every single-object prompt "a COLOUR SHAPE" (8 colours x 3 shapes) and several seeds, dream the
+image with each drawer and judge it with the pixel checker (`imagesynth.data.shapes_check.check`).
+Prints JSON with pass rates (overall, and colour/shape/count separately). Example:
+  OMP_NUM_THREADS=2 python benchmarks/dream_shapes.py --clip models/shapes-clip \\
+      --drawers pixelart,pixels,fourier --seeds 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from imagesynth.clip.foreign import load_scorer
+from imagesynth.data.shapes import COLOURS, SHAPES
+from imagesynth.data.shapes_check import check
+from imagesynth.guided import DreamConfig, dream
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clip", required=True, help="scorer: model name or folder")
+    parser.add_argument("--drawers", default="pixelart,pixels,fourier")
+    parser.add_argument("--decoder", help="autoencoder for the decoder drawer")
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--cutouts", type=int, default=16)
+    parser.add_argument("--cells", type=int, default=8)
+    parser.add_argument("--tv-weight", type=float, default=0.0)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N colour-shape prompts (for a quick look)")
+    args = parser.parse_args()
+
+    scorer = load_scorer(args.clip)
+    decoder = None
+    if args.decoder:
+        from imagesynth.nets.autoencoder import load_autoencoder
+        decoder = load_autoencoder(args.decoder)
+    prompts = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES][:args.limit]
+    report: dict = {"benchmark": "dream_shapes", "clip": args.clip, "size": args.size,
+                    "steps": args.steps, "cutouts": args.cutouts, "seeds": args.seeds,
+                    "prompts": len(prompts), "drawers": {}}
+    for drawer in [d.strip() for d in args.drawers.split(",") if d.strip()]:
+        started = time.perf_counter()
+        counts = {"ok": 0, "count_ok": 0, "colour_ok": 0, "shape_ok": 0}
+        failures: dict[str, int] = {}
+        runs = 0
+        for prompt in prompts:
+            for seed in range(args.seeds):
+                config = DreamConfig(prompt=prompt, drawer=drawer, steps=args.steps,
+                                     width=args.size, height=args.size, cutouts=args.cutouts,
+                                     seed=seed, scorer=args.clip, cells=args.cells,
+                                     tv_weight=args.tv_weight, decoder=args.decoder,
+                                     eval_every=args.steps)
+                result = check(dream(config, scorer=scorer, decoder=decoder).image, prompt)
+                runs += 1
+                for key in counts:
+                    counts[key] += bool(getattr(result, key))
+                if not result.ok:
+                    failures[prompt] = failures.get(prompt, 0) + 1
+        entry = {"pass_rate": round(counts["ok"] / runs, 3),
+                 **{f"{k}_rate": round(v / runs, 3) for k, v in counts.items() if k != "ok"},
+                 "runs": runs, "seconds": round(time.perf_counter() - started, 1),
+                 "failures_per_prompt": failures}
+        report["drawers"][drawer] = entry
+        print(json.dumps({drawer: entry}), flush=True, file=sys.stderr)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

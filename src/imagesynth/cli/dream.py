@@ -1,0 +1,88 @@
+"""`imagesynth dream`: CLIP-guided synthesis (a drawer optimised by gradient ascent on a CLIP score)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import ConfigError
+from . import app
+
+console = Console(soft_wrap=True)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"64" -> (64, 64); "96x64" -> (96, 64) as (width, height)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise ConfigError(f"{text!r} is not a size", field="size", fix='write "64" or "96x64"')
+    return (values[0], values[-1])
+
+
+@app.command()
+def dream(
+    prompt: str = typer.Argument(..., help='What to draw; weights and negatives: "a red circle:1 | blurry:-0.5".'),
+    drawer: str = typer.Option("pixels", help="pixels, fourier, pixelart or decoder."),
+    steps: int = typer.Option(300, help="Optimisation steps."),
+    size: str = typer.Option("64", help='Image size: "64" or "WIDTHxHEIGHT".'),
+    cutouts: int = typer.Option(32, help="Augmented cutouts scored per step."),
+    cut_power: float = typer.Option(1.0, help="Cutout size exponent (>1: smaller cutouts)."),
+    cutout_noise: float = typer.Option(0.05, help="Noise added to cutouts."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (drawer default if omitted)."),
+    seed: int = typer.Option(0, help="Seed for the drawer's start and every cutout."),
+    init_image: Optional[Path] = typer.Option(None, help="Start from this image (PNG/JPEG/WEBP)."),
+    image_prompt: list[str] = typer.Option([], help="Image whose embedding is a target, FILE[:WEIGHT]; repeatable."),
+    style: Optional[str] = typer.Option(None, help="Style preset appended to the prompt (unreal, artstation, pixelart, sketch, ...)."),
+    edit_to: Optional[str] = typer.Option(None, help="Edit --init-image toward this text (directional CLIP loss); PROMPT describes the original."),
+    content_weight: float = typer.Option(0.5, help="Editing: weight of staying close to the original."),
+    tv_weight: float = typer.Option(0.0, help="Total-variation (smoothness) weight."),
+    range_weight: float = typer.Option(0.0, help="Range-loss weight (decoder drawer)."),
+    saturation_weight: float = typer.Option(0.0, help="Saturation-loss weight."),
+    cells: int = typer.Option(8, help="Pixelart: cells along the short side."),
+    palette: str = typer.Option("", help='Pixelart: comma-separated hex colours, e.g. "#f00,#00f".'),
+    decoder: Optional[str] = typer.Option(None, help="Decoder drawer: autoencoder name or folder."),
+    scorer: str = typer.Option("shapes-clip", help="Scorer A (optimised): model name, folder, hf:FOLDER, openclip:ARCH:WEIGHTS."),
+    held_out_scorer: Optional[str] = typer.Option(None, help="Scorer B (only evaluates) for the adversarial check."),
+    eval_every: int = typer.Option(25, help="Score the image every N steps."),
+    frames: Optional[Path] = typer.Option(None, help="Write progress frames into this folder."),
+    frame_every: int = typer.Option(10, help="Steps between frames."),
+    gif: Optional[Path] = typer.Option(None, help="Write an animated GIF of the optimisation."),
+    out: Path = typer.Option(Path("dream.png"), help="Output PNG (carries the full recipe)."),
+) -> None:
+    """Draw PROMPT by gradient ascent on a CLIP score, with any drawer."""
+    from ..config import from_dict
+    from ..guided.loop import DreamConfig, dream as run_dream, save_gif
+
+    width, height = parse_size(size)
+    config = from_dict(DreamConfig, {
+        "prompt": prompt, "drawer": drawer, "steps": steps, "width": width, "height": height,
+        "cutouts": cutouts, "cut_power": cut_power, "cutout_noise": cutout_noise,
+        "learning_rate": lr, "seed": seed,
+        "init_image": str(init_image) if init_image else None,
+        "image_prompts": tuple(image_prompt), "style": style, "edit_to": edit_to,
+        "content_weight": content_weight, "tv_weight": tv_weight, "range_weight": range_weight,
+        "saturation_weight": saturation_weight, "scorer": scorer,
+        "held_out_scorer": held_out_scorer, "cells": cells,
+        "palette": tuple(c.strip() for c in palette.split(",") if c.strip()),
+        "decoder": decoder, "eval_every": eval_every, "frame_every": frame_every,
+    })
+    result = run_dream(config, show_progress=True, keep_frames=gif is not None,
+                       frames_dir=frames)
+    result.save(out)
+    if gif is not None:
+        save_gif(result.frames, gif)
+    first, last = result.history[0], result.history[-1]
+    line = f"[green]wrote[/] {out}  score {first['score']:.3f} -> {last['score']:.3f}"
+    if "held_out_score" in last:
+        line += f"  held-out {first['held_out_score']:.3f} -> {last['held_out_score']:.3f}"
+    console.print(line)
+    if result.adversarial:
+        console.print("[bold yellow]adversarial:[/] scorer A's score rose while the held-out "
+                      "scorer's fell; the image fools A rather than depicting the prompt")
