@@ -30,8 +30,11 @@ def randn_like_per_sample(x: torch.Tensor, generators: Sequence[torch.Generator]
     """Standard normal noise shaped like `x`; row i comes from `generators[i]` alone."""
     _check_generators(generators, x.shape[0])
     # Drawing on the generator's device then moving keeps CPU-seeded noise identical on any device.
-    rows = [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generators]
-    return torch.stack(rows).to(x.device)
+    device = generators[0].device if generators else x.device
+    noise = torch.empty(x.shape, device=device, dtype=x.dtype)
+    for row, g in zip(noise, generators):
+        torch.randn(x.shape[1:], generator=g, out=row)  # each row from its own generator
+    return noise.to(x.device)
 
 
 def initial_noise(shape: Sequence[int], seeds: Sequence[int], sigma_max: float | torch.Tensor,
