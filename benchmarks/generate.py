@@ -1,9 +1,8 @@
 """Seconds per generated image on this machine, at the default steps, batch 8, decode included.
 
 The UNets are randomly initialised with the bundled presets' sizes: speed does not depend on the
-weights. 32 px = the `shapes` preset in pixel space; 64 px = the `emoji` preset on 16x16x4 latents
-with a stand-in decoder (nearest upsample + 3x3 conv), since the autoencoder is a separate model;
-its decode cost is included but is that of the stand-in. Prints JSON.
+weights. 32 px = the `shapes` preset in pixel space; 64 px = the `emoji` preset on 16x16x4 latents,
+decoded by the `emoji-f4` autoencoder architecture (decode cost included). Prints JSON.
 """
 
 from __future__ import annotations
@@ -18,18 +17,8 @@ import torch
 from imagesynth.diffusion import ClassifierFreeGuidance, EDMDenoiser, get_sampler, karras_sigmas
 from imagesynth.diffusion.noise import initial_noise
 from imagesynth.diffusion.training import PRESETS
+from imagesynth.nets.autoencoder import Autoencoder, autoencoder_config
 from imagesynth.nets.unet import build_unet, parameter_count, unet_config
-
-
-class StandInDecoder(torch.nn.Module):
-    """Latents [B,4,h,w] -> images [B,3,4h,4w] (a conv and an upsample, cost stand-in)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(4, 3, 3, padding=1)
-
-    def forward(self, z):
-        return torch.nn.functional.interpolate(self.conv(z), scale_factor=4, mode="nearest")
 
 
 def seconds_per_image(preset: str, image_size: int, channels: int, side: int, batch: int,
@@ -60,7 +49,8 @@ def seconds_per_image(preset: str, image_size: int, channels: int, side: int, ba
 
 def main() -> None:
     repeats = int(os.environ.get("REPEATS", "3"))
-    decoder = StandInDecoder().eval()
+    torch.manual_seed(0)
+    decoder = Autoencoder(autoencoder_config("emoji-f4")).eval().decode
     results = [seconds_per_image("shapes", 32, 3, 32, 8, repeats, lambda x: x),
                seconds_per_image("emoji", 64, 4, 16, 8, repeats, decoder)]
     print(json.dumps({"torch_threads": torch.get_num_threads(), "device": "cpu",
