@@ -16,6 +16,12 @@ app.add_typer(train_app, name="train")
 console = Console(soft_wrap=True)
 
 
+def loop_overrides(*, precision: str, seed: int, **optional) -> dict:
+    """Shared training-loop settings from the command line; None keeps the preset's default."""
+    return {"precision": precision, "seed": seed,
+            **{key: value for key, value in optional.items() if value is not None}}
+
+
 @train_app.command("clip")
 def train_clip_command(
     data: Path = typer.Option(..., help="Captioned image folder (e.g. from `imagesynth data`)."),
@@ -33,11 +39,9 @@ def train_clip_command(
     """Train a CLIP (locked MiniLM text features + image tower) on a captioned folder."""
     from ..clip.training import train_clip
 
-    overrides = {"precision": precision, "seed": seed}
-    for key, value in (("max_steps", steps), ("batch_size", batch_size),
-                       ("learning_rate", learning_rate), ("max_minutes", max_minutes)):
-        if value is not None:
-            overrides[key] = value
+    overrides = loop_overrides(precision=precision, seed=seed, max_steps=steps,
+                               batch_size=batch_size, learning_rate=learning_rate,
+                               max_minutes=max_minutes)
     result = train_clip(data, out, preset=preset, overrides=overrides, val_data=val_data,
                         augment=augment)
     state = "finished" if result.stopped == "finished" else "paused (rerun to resume)"

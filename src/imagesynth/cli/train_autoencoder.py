@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .train import console, train_app
+from .train import console, loop_overrides, train_app
 
 
 @train_app.command("autoencoder")
@@ -30,11 +30,9 @@ def train_autoencoder_command(
     """Train a KL autoencoder; report reconstruction PSNR, FD and the latent scaling factor."""
     from ..nets.autoencoder_training import AutoencoderLoss, train_autoencoder
 
-    overrides = {"precision": precision, "seed": seed}
-    for key, value in (("max_steps", steps), ("batch_size", batch_size),
-                       ("learning_rate", learning_rate), ("max_minutes", max_minutes)):
-        if value is not None:
-            overrides[key] = value
+    overrides = loop_overrides(precision=precision, seed=seed, max_steps=steps,
+                               batch_size=batch_size, learning_rate=learning_rate,
+                               max_minutes=max_minutes)
     loss = AutoencoderLoss(reconstruction=reconstruction, kl_weight=kl_weight)
     result = train_autoencoder(data, out, preset=preset, overrides=overrides, loss=loss,
                                fd_clip=fd_clip)

@@ -6,11 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from .train import train_app
-
-console = Console(soft_wrap=True)
+from .train import console, loop_overrides, train_app
 
 
 @train_app.command("diffusion")
@@ -30,12 +27,9 @@ def train_diffusion_command(
     """Train a text-conditioned EDM diffusion model (pixel or latent space) with the shared loop."""
     from ..diffusion.training import train_diffusion
 
-    overrides: dict = {"precision": precision, "seed": seed}
-    for key, value in (("max_steps", steps), ("batch_size", batch_size),
-                       ("learning_rate", learning_rate), ("max_minutes", max_minutes),
-                       ("sample_every", sample_every)):
-        if value is not None:
-            overrides[key] = value
+    overrides = loop_overrides(precision=precision, seed=seed, max_steps=steps,
+                               batch_size=batch_size, learning_rate=learning_rate,
+                               max_minutes=max_minutes, sample_every=sample_every)
     result = train_diffusion(data, out, preset=preset, overrides=overrides, autoencoder=autoencoder)
     state = "finished" if result.stopped == "finished" else "paused (rerun the same command to resume)"
     loss = result.last_metrics.get("loss")
