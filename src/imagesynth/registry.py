@@ -93,10 +93,17 @@ def write_model_folder(folder: str | Path, tensors: Mapping[str, torch.Tensor],
     save_weights(folder / weights_name, tensors, config=dict(config))
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     atomic_write_text(folder / "CARD.md", card)
+    write_sums(folder)
+    return folder
+
+
+def write_sums(folder: str | Path) -> dict[str, str]:
+    """(Re)write a model folder's SHA256SUMS, e.g. after its card was edited."""
+    folder = Path(folder)
     sums = hash_model_files(folder)
     atomic_write_text(folder / SUMS_FILE,
                       "".join(f"{digest}  {rel}\n" for rel, digest in sorted(sums.items())))
-    return folder
+    return sums
 
 
 class Registry:
