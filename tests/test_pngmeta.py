@@ -51,3 +51,12 @@ def test_prompt_can_be_stripped_and_missing_recipe_is_an_error(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
     with pytest.raises(InputImageError, match="no generation recipe"):
         read_recipe(tmp_path / "plain.png")
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    path = save_png(Image.new("RGB", (2, 2)), tmp_path / "perm.png", RECIPE)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
