@@ -29,7 +29,7 @@ def minilm():
 
 @pytest.fixture(scope="session")
 def tiny_clip_run(tmp_path_factory):
-    """A tiny CLIP trained for 60 steps on a 16 px ShapesWorld folder: (root, CLIPRunResult)."""
+    """A tiny CLIP trained for 60 steps on a 16 px ShapesWorld folder: (root, FamilyRunResult)."""
     from imagesynth.clip.training import train_clip
     from imagesynth.data import ShapesConfig, build_shapes_dataset
 

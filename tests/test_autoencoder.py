@@ -106,10 +106,10 @@ def test_training_reduces_reconstruction_error_and_writes_a_loadable_folder(tiny
                                                                             shapes16):
     result = tiny_ae_run
     assert result.steps == 40 and result.stopped == "finished"
-    assert set(result.final_eval) >= {"psnr_val", "psnr_train", "FD_pixels8x8",
+    assert set(result.metrics) >= {"psnr_val", "psnr_train", "FD_pixels8x8",
                                       "scaling_factor"}
     model = load_autoencoder(str(result.model_dir))
-    assert model.scaling_factor == pytest.approx(result.final_eval["scaling_factor"])
+    assert model.scaling_factor == pytest.approx(result.metrics["scaling_factor"])
     images = ImageTensorSet(CaptionedImageFolder(shapes16, resolution=16, split="train")).images
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the run's seed: the untrained starting point
@@ -158,7 +158,7 @@ def test_resume_is_bit_exact(shapes16, tmp_path):
     actual = load_weights(resumed.model_dir / "model.safetensors")
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[k], actual[k]) for k in expected)
-    assert resumed.final_eval == whole.final_eval
+    assert resumed.metrics == whole.metrics
 
 
 def test_bad_images_and_latents_name_the_field():

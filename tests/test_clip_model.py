@@ -75,7 +75,7 @@ def test_topk_accuracy_counts_ranks():
 def test_training_writes_a_loadable_model_that_learned(tiny_clip_run, minilm):
     root, result = tiny_clip_run
     assert result.steps == 60 and (result.model_dir / "model.safetensors").is_file()
-    assert set(result.final_eval) >= {"image_to_text_recall@1", "text_to_image_recall@5"}
+    assert set(result.metrics) >= {"image_to_text_recall@1", "text_to_image_recall@5"}
     scorer = load_clip(str(result.model_dir), text_encoder=minilm)
     assert isinstance(scorer, CLIPScorer)
     emb = scorer.embed_text(["a red circle", "a blue square"])

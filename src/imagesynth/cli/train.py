@@ -47,5 +47,5 @@ def train_clip_command(
     state = "finished" if result.stopped == "finished" else "paused (rerun to resume)"
     console.print(f"[green]{state}[/] after {result.steps} steps in {result.seconds:.0f} s; "
                   f"model written to {result.model_dir}")
-    for key, value in result.final_eval.items():
+    for key, value in result.metrics.items():
         console.print(f"  {key}: {value:.3f}")

@@ -39,5 +39,5 @@ def train_autoencoder_command(
     state = "finished" if result.stopped == "finished" else "paused (rerun to resume)"
     console.print(f"[green]{state}[/] after {result.steps} steps in {result.seconds:.0f} s; "
                   f"model written to {result.model_dir}")
-    for key, value in result.final_eval.items():
+    for key, value in result.metrics.items():
         console.print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")

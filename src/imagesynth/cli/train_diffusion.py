@@ -32,7 +32,7 @@ def train_diffusion_command(
                                max_minutes=max_minutes, sample_every=sample_every)
     result = train_diffusion(data, out, preset=preset, overrides=overrides, autoencoder=autoencoder)
     state = "finished" if result.stopped == "finished" else "paused (rerun the same command to resume)"
-    loss = result.last_metrics.get("loss")
+    loss = result.metrics.get("loss")
     console.print(f"[green]{state}[/] after {result.steps} steps in {result.seconds:.0f} s"
                   + (f", last loss {loss:.4f}" if loss is not None else "")
                   + f"; model written to {result.model_dir}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from ..nets.clip import CLIPConfig, CLIPModel
 from ..registry import write_model_folder
 from ..text import CachedTextEncoder, load_text_encoder
 from ..paths import cache_dir
-from ..train import TrainConfig, train
+from ..train import FamilyRunResult, TrainConfig, train
 
 #: named presets: architecture + loop settings sized for the data they are meant for
 PRESETS: dict[str, tuple[CLIPConfig, dict]] = {
@@ -128,21 +127,10 @@ def retrieval_recall(model: CLIPModel, images: torch.Tensor, text_features: torc
     return results
 
 
-@dataclass(frozen=True)
-class CLIPRunResult:
-    """Where the trained model went and what it measured."""
-
-    model_dir: Path
-    steps: int
-    stopped: str
-    final_eval: dict
-    seconds: float
-
-
 def train_clip(data: str | Path, out: str | Path, preset: str = "emoji",
                overrides: dict | None = None, clip_overrides: dict | None = None,
                val_data: str | Path | None = None, augment: bool = True,
-               show_progress: bool = True, resume: bool = True) -> CLIPRunResult:
+               show_progress: bool = True, resume: bool = True) -> FamilyRunResult:
     """Train a CLIP on `data` (any captioned folder) into `out`; write `out/model/` at the end.
 
     Validation uses the val split of `data`, or all of `val_data` when given (then every image
@@ -195,5 +183,5 @@ def train_clip(data: str | Path, out: str | Path, preset: str = "emoji",
     card = (f"# CLIP trained on {Path(data).name}\n\nPreset `{preset}`, {result.step} steps.\n\n"
             f"Validation retrieval (EMA weights): `{json.dumps(final_eval)}`\n")
     model_dir = write_model_folder(out / "model", final_model.state_dict(), model_config, card)
-    return CLIPRunResult(model_dir, result.step, result.stopped, final_eval,
+    return FamilyRunResult(model_dir, result.step, result.stopped, final_eval,
                          time.perf_counter() - started)

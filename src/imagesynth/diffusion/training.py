@@ -29,7 +29,7 @@ from ..nets.unet import TextConditionedUNet, build_unet, parameter_count, unet_c
 from ..paths import cache_dir
 from ..registry import Registry, write_model_folder
 from ..text import CachedTextEncoder, load_text_encoder
-from ..train import TrainConfig, train
+from ..train import FamilyRunResult, TrainConfig, train
 from .denoisers import EDMDenoiser
 
 
@@ -234,23 +234,12 @@ def save_grid_png(images: torch.Tensor, path: Path, columns: int = 8) -> None:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
-@dataclass(frozen=True)
-class DiffusionRunResult:
-    """Where the trained model went and how the run ended."""
-
-    model_dir: Path
-    steps: int
-    stopped: str
-    last_metrics: dict
-    seconds: float
-
-
 def train_diffusion(data: str | Path, out: str | Path, preset: str = "shapes",
                     overrides: dict | None = None, model_overrides: dict | None = None,
                     autoencoder: str | nn.Module | None = None, autoencoder_hash: str | None = None,
                     sample_prompts: list[str] | None = None, stop_after: int | None = None,
                     show_progress: bool = True, resume: bool = True,
-                    text_encoder=None) -> DiffusionRunResult:
+                    text_encoder=None) -> FamilyRunResult:
     """Train a text-to-image diffusion model on `data` into `out`; write `out/model/` at the end.
 
     `autoencoder` (a registry name/path, or a loaded module with `autoencoder_hash` for tests)
@@ -326,7 +315,7 @@ def train_diffusion(data: str | Path, out: str | Path, preset: str = "shapes",
             f"{'latent' if latent_info else 'pixel'} space, {model_config.image_size} px.\n\n"
             f"Last logged metrics: `{json.dumps(result.last_metrics)}`\n")
     model_dir = write_model_folder(out / "model", network_state, full_config, card)
-    return DiffusionRunResult(model_dir, result.step, result.stopped, result.last_metrics,
+    return FamilyRunResult(model_dir, result.step, result.stopped, result.last_metrics,
                               time.perf_counter() - started)
 
 
@@ -337,6 +326,6 @@ def load_denoiser(state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -
     return EDMDenoiser(network, sigma_data=float(config["sigma_data"])).eval()
 
 
-__all__ = ["DiffusionConfig", "DiffusionObjective", "DiffusionRunResult", "DiffusionTrainingSet",
+__all__ = ["DiffusionConfig", "DiffusionObjective", "DiffusionTrainingSet",
            "PRESETS", "TextTable", "encode_caption_table", "load_denoiser",
            "sample_grid", "save_grid_png", "train_diffusion"]

@@ -27,7 +27,7 @@ from ..data.folder import CaptionedImageFolder
 from ..errors import ConfigError, DataError
 from ..metrics import ModuleExtractor, fd_from_features
 from ..registry import write_model_folder
-from ..train import TrainConfig, train
+from ..train import FamilyRunResult, TrainConfig, train
 from .autoencoder import Autoencoder, autoencoder_config, model_config
 
 #: loop settings per architecture preset (batch, LR, length sized for that data)
@@ -202,22 +202,11 @@ def reconstruction_fd(images_u8: torch.Tensor, reconstructions_u8: torch.Tensor,
     return fd_from_features(features(images_u8), features(reconstructions_u8))
 
 
-@dataclass(frozen=True)
-class AutoencoderRunResult:
-    """Where the trained autoencoder went and what it measured."""
-
-    model_dir: Path
-    steps: int
-    stopped: str
-    final_eval: dict
-    seconds: float
-
-
 def train_autoencoder(data: str | Path, out: str | Path, preset: str = "emoji-f4",
                       overrides: dict | None = None, autoencoder_overrides: dict | None = None,
                       loss: AutoencoderLoss | None = None, fd_clip: str | None = None,
                       show_progress: bool = True, resume: bool = True,
-                      stop_after: int | None = None) -> AutoencoderRunResult:
+                      stop_after: int | None = None) -> FamilyRunResult:
     """Train an autoencoder on `data` into `out`; measure the scaling factor; write `out/model/`.
 
     Periodic evals log val-split PSNR; the final eval adds FD of reconstructions vs originals
@@ -270,7 +259,7 @@ def train_autoencoder(data: str | Path, out: str | Path, preset: str = "emoji-f4
     card = _card(preset, final.config, config, result.step, Path(data).name, final_eval,
                  loss)
     model_dir = write_model_folder(out / "model", final.state_dict(), folder_config, card)
-    return AutoencoderRunResult(model_dir, result.step, result.stopped, final_eval,
+    return FamilyRunResult(model_dir, result.step, result.stopped, final_eval,
                                 time.perf_counter() - started)
 
 

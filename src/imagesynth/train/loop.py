@@ -143,6 +143,20 @@ class TrainResult:
     ema: torch.nn.Module | None
 
 
+@dataclass(frozen=True)
+class FamilyRunResult:
+    """What a family's training function produced: the model folder and how the run ended.
+
+    `metrics` is the final evaluation, or the last logged metrics for a family without one.
+    """
+
+    model_dir: Path
+    steps: int
+    stopped: str
+    metrics: dict
+    seconds: float
+
+
 @torch.no_grad()
 def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     ema_params = [p for p in ema.parameters()]
