@@ -15,25 +15,13 @@ import argparse
 import json
 import os
 import platform
-import time
 
-import numpy as np
 import torch
 
+from timing import median_seconds
 from imagesynth.nets.autoencoder import PRESETS, Autoencoder, autoencoder_config
 from imagesynth.nets.autoencoder_training import LOOP_PRESETS, AutoencoderLoss, \
     AutoencoderObjective
-
-
-def _timed(function, repeats: int) -> float:
-    """Median seconds of `repeats` calls (after one warm-up call)."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def _autocast(precision: str):
@@ -52,8 +40,8 @@ def preset_speed(preset: str, batch_size: int, repeats: int, precision: str) -> 
     images = torch.rand(batch_size, 3, size, size, generator=generator) * 2 - 1
     with torch.no_grad(), _autocast(precision):
         latents = model.encode(images)
-        encode_s = _timed(lambda: model.encode(images), repeats)
-        decode_s = _timed(lambda: model.decode(latents), repeats)
+        encode_s = median_seconds(lambda: model.encode(images), repeats)
+        decode_s = median_seconds(lambda: model.decode(latents), repeats)
 
     train_batch = LOOP_PRESETS[preset]["batch_size"]
     batch = torch.randint(0, 256, (train_batch, 3, size, size), dtype=torch.uint8,
@@ -69,7 +57,7 @@ def preset_speed(preset: str, batch_size: int, repeats: int, precision: str) -> 
         loss.backward()
         optimizer.step()
 
-    train_s = _timed(step, repeats)
+    train_s = median_seconds(step, repeats)
     return {"preset": preset, "image_size": size, "latent_shape": list(latents.shape[1:]),
             "parameters": sum(p.numel() for p in model.parameters()),
             "batch_size": batch_size, "encode_images_per_second": batch_size / encode_s,

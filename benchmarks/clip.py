@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from timing import median_seconds
 from imagesynth.apps import SearchIndex
 from imagesynth.apps.search_index import faiss_module
 from imagesynth.clip import CLIPScorer
@@ -33,17 +34,6 @@ from imagesynth.data import build_shapes_dataset
 from imagesynth.data.shapes_dataset import ShapesConfig
 from imagesynth.nets.clip import CLIPModel
 from imagesynth.text import load_text_encoder
-
-
-def _timed(function, repeats: int) -> float:
-    """Median seconds of `repeats` calls (after one warm-up call)."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def embedding_speed(preset: str, batch_size: int, device: str, encoder) -> dict:
@@ -60,7 +50,7 @@ def embedding_speed(preset: str, batch_size: int, device: str, encoder) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    seconds = _timed(run, repeats=5)
+    seconds = median_seconds(run, repeats=5)
     return {"preset": preset, "image_size": config.image_size, "batch_size": batch_size,
             "images_per_s": round(batch_size / seconds, 1)}
 
