@@ -15,6 +15,7 @@ import time
 import torch
 from torch import nn
 
+from timing import median_seconds
 from imagesynth.diffusion import (GaussianMixture, generators_from_seeds, get_sampler, karras_sigmas,
                                   randn_like_per_sample, sliced_wasserstein)
 
@@ -90,15 +91,30 @@ class ConvNet(nn.Module):
         return x - self.body(x) * 0.01
 
 
+class UNetNetwork(nn.Module):
+    """The bundled `emoji` preset's text-conditioned UNet (random weights) on 16x16x4 latents."""
+
+    def __init__(self):
+        super().__init__()
+        from imagesynth.nets.unet import build_unet
+        self.unet = build_unet("emoji").eval()
+        self.states, self.mask = torch.randn(2, 12, 384), torch.ones(2, 12)
+
+    def forward(self, x, sigma):
+        return x - 0.01 * self.unet(x, torch.log(sigma) / 4, self.states, self.mask)
+
+
 @torch.no_grad()
-def overhead(repeats: int, width: int, num_steps: int) -> dict:
+def overhead(repeats: int, width: int, num_steps: int, network_kind: str = "convnet") -> dict:
     torch.manual_seed(0)
-    network = ConvNet(width).eval()
-    x_shape = (2, 4, 64, 64)
+    if network_kind == "unet":
+        network, x_shape = UNetNetwork(), (2, 4, 16, 16)
+    else:
+        network, x_shape = ConvNet(width).eval(), (2, 4, 64, 64)
     probe = torch.randn(x_shape)
     for _ in range(3):
-        network(probe, None)
-    results = {}
+        network(probe, torch.ones(x_shape[0]))
+    results = {"network": network_kind, "x_shape": list(x_shape)}
     for name in ["euler", "heun", "dpmpp_2m", "euler_ancestral"]:
         fractions, per_call = [], []
         for _ in range(repeats):
@@ -113,18 +129,14 @@ def overhead(repeats: int, width: int, num_steps: int) -> dict:
             per_call.append(timed.seconds / timed.calls)
         results[name] = {"network_ms_per_call": round(1000 * statistics.median(per_call), 2),
                          "engine_overhead_percent": round(100 * statistics.median(fractions), 3)}
-    # Cost of the per-step NaN check alone, as a share of one network call.
-    check_seconds = min(timeit_isfinite(probe) for _ in range(5))
-    results["nan_check_percent_of_network_call"] = round(
-        100 * check_seconds / (results["euler"]["network_ms_per_call"] / 1000), 3)
+    # Cost of the per-step NaN check and of drawing the per-image noise, as shares of a network call.
+    call_seconds = results["euler"]["network_ms_per_call"] / 1000
+    check_seconds = median_seconds(lambda: bool(torch.isfinite(probe).all()), 200)
+    results["nan_check_percent_of_network_call"] = round(100 * check_seconds / call_seconds, 3)
+    generators = generators_from_seeds([0, 1])
+    noise_seconds = median_seconds(lambda: randn_like_per_sample(probe, generators), 200)
+    results["noise_draw_percent_of_network_call"] = round(100 * noise_seconds / call_seconds, 3)
     return results
-
-
-def timeit_isfinite(x: torch.Tensor, loops: int = 200) -> float:
-    start = time.perf_counter()
-    for _ in range(loops):
-        bool(torch.isfinite(x).all())
-    return (time.perf_counter() - start) / loops
 
 
 def main() -> None:
@@ -137,11 +149,13 @@ def main() -> None:
     if args.quick:
         sweep = distance_sweep(4000, [5, 10, 20, 35, 50, 100, 500], ancestral_max_nfe=50,
                                std=args.std)
-        costs = overhead(repeats=2, width=64, num_steps=10)
+        costs = [overhead(repeats=2, width=64, num_steps=10, network_kind=kind)
+                 for kind in ("convnet", "unet")]
     else:
         sweep = distance_sweep(20000, [5, 10, 15, 20, 35, 50, 75, 100, 200, 500],
                                ancestral_max_nfe=100, std=args.std)
-        costs = overhead(repeats=3, width=64, num_steps=20)
+        costs = [overhead(repeats=5, width=64, num_steps=20, network_kind=kind)
+                 for kind in ("convnet", "unet")]
     samplers = sweep["samplers"]
     summary = {}
     for name in ["euler", "heun", "dpmpp_2m"]:

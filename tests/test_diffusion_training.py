@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from imagesynth.data import ShapesConfig, build_shapes_dataset
 from imagesynth.diffusion import EDMDenoiser
 from imagesynth.diffusion.training import (DiffusionObjective, encode_caption_table,
-                                           train_diffusion)
-from imagesynth.errors import ConfigError
+                                           export_checkpoint, train_diffusion)
+from imagesynth.errors import ConfigError, DataError
 from imagesynth.io.checkpoint import load_weights
 from imagesynth.nets.unet import build_unet, unet_config
 
@@ -99,6 +99,41 @@ def test_resume_after_a_stop_gives_identical_weights(shapes16, tmp_path, minilm)
     straight_log = [json.loads(line)
                     for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [e["loss"] for e in log] == [e["loss"] for e in straight_log]
+
+
+def test_export_writes_the_newest_checkpoint_as_a_model(shapes16, tmp_path, minilm):
+    from imagesynth.pipeline import load_pipeline
+
+    run = tmp_path / "run"
+    settings = dict(preset="tiny", show_progress=False, text_encoder=minilm,
+                    overrides=dict(max_steps=4, batch_size=4, checkpoint_every=2))
+    with pytest.raises(DataError) as info:
+        export_checkpoint(run)
+    assert info.value.field == "run"
+    train_diffusion(shapes16, run, stop_after=2, **settings)  # paused mid-run at step 2
+    folder, step = export_checkpoint(run)
+    assert step == 2 and folder == run / "model-step-2"
+    exported = load_weights(folder / "model.safetensors")
+    checkpoint = load_weights(run / "checkpoints" / "step_00000002" / "ema.safetensors")
+    assert all(torch.equal(exported[k], checkpoint["network." + k]) for k in exported)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["steps"] == 2 and config["family"] == "diffusion"
+    pipe = load_pipeline(str(folder), text_encoder=minilm)
+    assert pipe("a red circle", seed=0, num_steps=2).images[0].size == (16, 16)
+
+
+def test_cli_export(shapes16, tmp_path, minilm, capsys):
+    from imagesynth.cli import run as cli
+
+    assert cli(["train", "export", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a diffusion run folder" in err and len(err.splitlines()) == 1
+    train_diffusion(shapes16, tmp_path / "run", preset="tiny", show_progress=False,
+                    text_encoder=minilm, stop_after=2,
+                    overrides=dict(max_steps=4, batch_size=4, checkpoint_every=2))
+    assert cli(["train", "export", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 0
+    assert "exported step 2" in capsys.readouterr().out
+    assert (tmp_path / "m" / "SHA256SUMS").is_file()
 
 
 def test_latent_mode_records_the_autoencoder_and_generates(shapes16, tmp_path, minilm):

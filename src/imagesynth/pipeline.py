@@ -8,6 +8,7 @@ Image i depends only on seed i, so a batch gives the same pixels as generating e
 from __future__ import annotations
 
 import datetime
+import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from .io.images import open_image
 from .registry import Registry
 
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
+SCHEDULE = {"schedule": "karras", "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "rho": RHO}
 ImageInput = str | Path | bytes | Image.Image
 
 
@@ -88,6 +90,50 @@ class DiffusionPipeline:
         """Image sides this model generates: its training size only."""
         return [self.image_size]
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """Shape [C, s, s] of one sample in the space the denoiser works in (pixels or latents)."""
+        side = int(self.config["sample_size"])
+        return int(self.config["channels"]), side, side
+
+    def check_size(self, width: int, height: int | None = None) -> None:
+        """Refuse any size but the training size (a ConfigError naming `size`)."""
+        height = width if height is None else height
+        if (width, height) != (self.image_size, self.image_size):
+            label = str(width) if width == height else f"{width}x{height}"
+            raise ConfigError(f"{label} is not a size this model generates", field="size",
+                              fix=f"model {self.model_name!r} makes {self.image_size}x"
+                                  f"{self.image_size} images only (its training size)")
+
+    def sigmas(self, num_steps: int) -> torch.Tensor:
+        """The sampling schedule: `num_steps + 1` Karras sigmas, on the model's device."""
+        from .diffusion import karras_sigmas
+
+        return karras_sigmas(num_steps, SIGMA_MIN, SIGMA_MAX, RHO).to(self.device)
+
+    def guided_denoiser(self, prompts: list[str], negative_prompt: str, guidance_scale: float):
+        """The denoiser under CFG: one prompt per sample, the negative prompt as the uncond branch."""
+        from .diffusion import ClassifierFreeGuidance
+
+        states, token_mask = self.encode_prompts(prompts)
+        negative_states, negative_mask = self.encode_prompts([negative_prompt] * len(prompts))
+        length = max(states.shape[1], negative_states.shape[1])
+        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1]))  # noqa: E731
+        pad_mask = lambda m: torch.nn.functional.pad(m, (0, length - m.shape[1]))  # noqa: E731
+        cond = {"encoder_hidden_states": pad(states), "encoder_attention_mask": pad_mask(token_mask)}
+        uncond = {"encoder_hidden_states": pad(negative_states),
+                  "encoder_attention_mask": pad_mask(negative_mask)}
+        return ClassifierFreeGuidance(self.denoiser, cond, uncond, guidance_scale)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoiser-space samples -> images [B,3,H,W] near [-1, 1]; unclamped and differentiable."""
+        if self.autoencoder is None:
+            return x
+        # Clamping would zero the gradient of every saturated pixel: ask for raw output if we can.
+        if "clamp" in inspect.signature(self.autoencoder.decode).parameters:
+            return self.autoencoder.decode(x, clamp=False)
+        return self.autoencoder.decode(x)
+
     def encode_prompts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states [B,T,D] and float mask [B,T], padded to the longest prompt.
 
@@ -115,10 +161,7 @@ class DiffusionPipeline:
                 or guidance_scale < 0:
             raise ConfigError(f"must be a number >= 0, got {guidance_scale!r}", field="guidance",
                               fix="0 ignores the prompt, 1 is plain conditioning, 2-5 is typical")
-        if size not in self.allowed_sizes:
-            raise ConfigError(f"{size} is not a size this model generates", field="size",
-                              fix=f"model {self.model_name!r} makes {self.image_size}x"
-                                  f"{self.image_size} images only (its training size)")
+        self.check_size(size)
         if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise ConfigError(f"must be in (0, 1], got {strength!r}", field="strength")
         if any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2 ** 63
@@ -176,8 +219,7 @@ class DiffusionPipeline:
                  strength: float = 0.6, mask: ImageInput | None = None,
                  mask_blur: float = 0.0) -> GenerationResult:
         """Generate images: one per prompt, or `num_images` of one prompt with seeds seed, seed+1, ..."""
-        from .diffusion import (ClassifierFreeGuidance, InpaintDenoiser, get_sampler,
-                                img2img_sigmas, karras_sigmas, randn_like_per_sample)
+        from .diffusion import InpaintDenoiser, get_sampler, img2img_sigmas, randn_like_per_sample
         from .diffusion.noise import generators_from_seeds
 
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -201,21 +243,13 @@ class DiffusionPipeline:
         sample = get_sampler(sampler_name)
         x0, mask_tensor, edit_recipe = self._init_and_mask(init_image, mask, size)
 
-        states, token_mask = self.encode_prompts(prompts)
-        negative_states, negative_mask = self.encode_prompts([negative_prompt] * len(prompts))
-        length = max(states.shape[1], negative_states.shape[1])
-        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1]))  # noqa: E731
-        pad_mask = lambda m: torch.nn.functional.pad(m, (0, length - m.shape[1]))  # noqa: E731
-        cond = {"encoder_hidden_states": pad(states), "encoder_attention_mask": pad_mask(token_mask)}
-        uncond = {"encoder_hidden_states": pad(negative_states),
-                  "encoder_attention_mask": pad_mask(negative_mask)}
-        denoiser = ClassifierFreeGuidance(self.denoiser, cond, uncond, guidance_scale)
+        denoiser = self.guided_denoiser(prompts, negative_prompt, guidance_scale)
         generators = generators_from_seeds(seeds)
-        channels, side = int(self.config["channels"]), int(self.config["sample_size"])
+        channels, side, _ = self.sample_shape
         template = torch.empty(len(seeds), channels, side, side)
 
         if x0 is None:
-            sigmas = karras_sigmas(num_steps, SIGMA_MIN, SIGMA_MAX, RHO).to(self.device)
+            sigmas = self.sigmas(num_steps)
             x = (randn_like_per_sample(template, generators) * sigmas[0]).to(self.device)
             result = sample(denoiser, x, sigmas, generator=generators)
         else:
@@ -230,14 +264,13 @@ class DiffusionPipeline:
                     mask_tensor = torch.nn.functional.interpolate(mask_tensor, size=(side, side),
                                                                   mode="area")
                 inpaint = InpaintDenoiser(denoiser, z0, mask_tensor, generators, mask_blur)
-                sigmas = karras_sigmas(num_steps, SIGMA_MIN, SIGMA_MAX, RHO).to(self.device)
+                sigmas = self.sigmas(num_steps)
                 result = sample(inpaint, inpaint.start(sigmas[0], generators), sigmas,
                                 generator=generators)
         images = _to_pil(self._decode(result))
 
         common = {"negative_prompt": negative_prompt, "steps": num_steps, "sampler": sampler_name,
-                  "sampler_options": {"schedule": "karras", "sigma_min": SIGMA_MIN,
-                                      "sigma_max": SIGMA_MAX, "rho": RHO},
+                  "sampler_options": dict(SCHEDULE),
                   "guidance_scale": guidance_scale, "size": [size, size],
                   "model": self.model_name, "model_hash": self.model_hash,
                   "versions": _versions(), "device": str(self.device), "dtype": "float32",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -29,7 +30,7 @@ def parse_size(text: str) -> tuple[int, int]:
 @app.command()
 def dream(
     prompt: str = typer.Argument(..., help='What to draw; weights and negatives: "a red circle:1 | blurry:-0.5".'),
-    drawer: str = typer.Option("pixels", help="pixels, fourier, pixelart or decoder."),
+    drawer: str = typer.Option("pixels", help="pixels, fourier, pixelart, decoder or diffusion-latent."),
     steps: int = typer.Option(300, help="Optimisation steps."),
     size: str = typer.Option("64", help='Image size: "64" or "WIDTHxHEIGHT".'),
     cutouts: int = typer.Option(32, help="Augmented cutouts scored per step."),
@@ -48,17 +49,23 @@ def dream(
     cells: int = typer.Option(8, help="Pixelart: cells along the short side."),
     palette: str = typer.Option("", help='Pixelart: comma-separated hex colours, e.g. "#f00,#00f".'),
     decoder: Optional[str] = typer.Option(None, help="Decoder drawer: autoencoder name or folder."),
+    diffusion_model: Optional[str] = typer.Option(None, help="Diffusion-latent drawer: text-to-image model name or folder."),
+    diffusion_steps: int = typer.Option(6, help="Diffusion-latent: sampler steps per render."),
+    diffusion_sampler: str = typer.Option("dpmpp_2m", help="Diffusion-latent: dpmpp_2m or euler (deterministic)."),
+    diffusion_guidance: Optional[float] = typer.Option(None, help="Diffusion-latent: classifier-free guidance scale (model default if omitted)."),
     scorer: str = typer.Option("shapes-clip", help="Scorer A (optimised): model name, folder, hf:FOLDER, openclip:ARCH:WEIGHTS."),
     held_out_scorer: Optional[str] = typer.Option(None, help="Scorer B (only evaluates) for the adversarial check."),
     eval_every: int = typer.Option(25, help="Score the image every N steps."),
     frames: Optional[Path] = typer.Option(None, help="Write progress frames into this folder."),
     frame_every: int = typer.Option(10, help="Steps between frames."),
     gif: Optional[Path] = typer.Option(None, help="Write an animated GIF of the optimisation."),
+    mp4: Optional[Path] = typer.Option(None, help="Write an MP4 video of the optimisation (needs the imageio-ffmpeg package, the video extra)."),
     out: Path = typer.Option(Path("dream.png"), help="Output PNG (carries the full recipe)."),
 ) -> None:
     """Draw PROMPT by gradient ascent on a CLIP score, with any drawer."""
     from ..config import from_dict
-    from ..guided.loop import DreamConfig, dream as run_dream, save_gif
+    from ..guided.loop import DreamConfig, dream as run_dream
+    from ..guided.video import Mp4Writer, save_gif
 
     width, height = parse_size(size)
     config = from_dict(DreamConfig, {
@@ -71,10 +78,16 @@ def dream(
         "saturation_weight": saturation_weight, "scorer": scorer,
         "held_out_scorer": held_out_scorer, "cells": cells,
         "palette": tuple(c.strip() for c in palette.split(",") if c.strip()),
-        "decoder": decoder, "eval_every": eval_every, "frame_every": frame_every,
+        "decoder": decoder, "diffusion_model": diffusion_model, "diffusion_steps": diffusion_steps,
+        "diffusion_sampler": diffusion_sampler, "diffusion_guidance": diffusion_guidance,
+        "eval_every": eval_every, "frame_every": frame_every,
     })
-    result = run_dream(config, show_progress=True, keep_frames=gif is not None,
-                       frames_dir=frames)
+    # Opened before the run so a missing package fails at once; frames stream to disk.
+    video = Mp4Writer(mp4) if mp4 is not None else None
+    with video or contextlib.nullcontext():
+        result = run_dream(config, show_progress=True, keep_frames=gif is not None,
+                           frames_dir=frames,
+                           on_frame=(lambda step, frame: video.append(frame)) if video else None)
     result.save(out)
     if gif is not None:
         save_gif(result.frames, gif)

@@ -36,3 +36,16 @@ def train_diffusion_command(
     console.print(f"[green]{state}[/] after {result.steps} steps in {result.seconds:.0f} s"
                   + (f", last loss {loss:.4f}" if loss is not None else "")
                   + f"; model written to {result.model_dir}")
+
+
+@train_app.command("export")
+def train_export_command(
+    run: Path = typer.Argument(..., help="Run folder of `imagesynth train diffusion` (its --out)."),
+    out: Optional[Path] = typer.Option(None, help="Model folder to write (default RUN/model-step-N)."),
+) -> None:
+    """Write a diffusion run's newest checkpoint (EMA weights) as a model folder, mid-training."""
+    from ..diffusion.training import export_checkpoint
+
+    folder, step = export_checkpoint(run, out)
+    console.print(f"[green]exported[/] step {step} to {folder}; try it with "
+                  f"`imagesynth generate PROMPT --model {folder}`")

@@ -58,15 +58,19 @@ def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.
     return (x - denoised) / sigma
 
 
-def ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor,
-                   eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | float]:
+def ancestral_step(sigma_from: float | torch.Tensor, sigma_to: float | torch.Tensor,
+                   eta: float = 1.0) -> tuple[float | torch.Tensor, float | torch.Tensor]:
     """Split a step into a deterministic move to sigma_down and fresh noise of std sigma_up."""
     if not eta:
         return sigma_to, 0.0
-    sigma_up = torch.minimum(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2)
-                                              / sigma_from ** 2) ** 0.5)
-    sigma_down = (sigma_to ** 2 - sigma_up ** 2) ** 0.5
-    return sigma_down, sigma_up
+    if isinstance(sigma_from, torch.Tensor) or isinstance(sigma_to, torch.Tensor):
+        sigma_up = torch.minimum(torch.as_tensor(sigma_to), eta * (
+            sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
+        return (sigma_to ** 2 - sigma_up ** 2) ** 0.5, sigma_up
+    # Python floats: the sampler's per-step path, where scalar tensor ops cost more than they compute.
+    sigma_up = min(sigma_to, eta * math.sqrt(sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2)
+                                             / sigma_from ** 2))
+    return math.sqrt(max(sigma_to ** 2 - sigma_up ** 2, 0.0)), sigma_up
 
 
 def _churn_gamma(sigma: torch.Tensor, num_steps: int, S_churn: float, S_tmin: float, S_tmax: float) -> float:
@@ -152,12 +156,12 @@ def sample_euler_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Te
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = values[i], values[i + 1]
         denoised = denoiser(x, x.new_full((batch,), sigma), **cond)
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         if callback is not None:
             callback(i, sigmas[i], x, denoised)
-        x = torch.lerp(x, denoised, 1 - float(sigma_down) / sigma)
+        x = torch.lerp(x, denoised, 1 - sigma_down / sigma)
         if sigma_next > 0 and eta > 0:
-            x = torch.add(x, randn_like_per_sample(x, generators), alpha=s_noise * float(sigma_up))
+            x = torch.add(x, randn_like_per_sample(x, generators), alpha=s_noise * sigma_up)
         _check_finite(x, i, sigma)
     return x
 

@@ -24,7 +24,7 @@ from ..config import from_dict, to_dict
 from ..data.folder import CaptionedImageFolder
 from ..errors import ConfigError, DataError
 from ..io.checkpoint import load_weights, save_weights
-from ..io.files import sha256_file
+from ..io.files import atomic_write_text, sha256_file
 from ..nets.unet import TextConditionedUNet, build_unet, parameter_count, unet_config
 from ..paths import cache_dir
 from ..registry import Registry, write_model_folder
@@ -297,26 +297,71 @@ def train_diffusion(data: str | Path, out: str | Path, preset: str = "shapes",
         images = sample_grid(model, text, prompts, tuple(samples.shape[1:]), decode)
         save_grid_png(images, run_dir / "samples" / f"step-{step:07d}.png")
 
+    base_config = {"family": "diffusion", "diffusion": to_dict(model_config),
+                   "unet": unet_settings, "parameters": parameter_count(denoiser),
+                   "sigma_data": model_config.sigma_data, "text_encoder": model_config.text_encoder,
+                   "image_size": model_config.image_size, "channels": samples.shape[1],
+                   "sample_size": samples.shape[-1], "autoencoder": latent_info,
+                   "train": to_dict(config), "data": Path(data).name, "preset": preset}
+    # Written before training so a mid-run checkpoint can be exported as a model (export_checkpoint).
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / RUN_MODEL_CONFIG, json.dumps(base_config, indent=2))
     result = train(denoiser, DiffusionTrainingSet(samples, choices), objective, config, out,
                    on_sample=on_sample, stop_after=stop_after, show_progress=show_progress,
                    resume=resume)
     final = result.ema if result.ema is not None else denoiser
     network_state = {k.removeprefix("network."): v for k, v in final.state_dict().items()}
-    full_config = {"family": "diffusion", "diffusion": to_dict(model_config),
-                   "unet": unet_settings, "parameters": parameter_count(final),
-                   "sigma_data": model_config.sigma_data, "text_encoder": model_config.text_encoder,
-                   "image_size": model_config.image_size, "channels": samples.shape[1],
-                   "sample_size": samples.shape[-1], "autoencoder": latent_info,
-                   "train": to_dict(config), "steps": result.step, "data": Path(data).name,
-                   "last_metrics": result.last_metrics}
-    card = (f"# Diffusion model trained on {Path(data).name}\n\n"
-            f"Preset `{preset}` ({parameter_count(final) / 1e6:.2f} M parameters), "
-            f"{result.step} steps of batch {config.batch_size}, "
-            f"{'latent' if latent_info else 'pixel'} space, {model_config.image_size} px.\n\n"
-            f"Last logged metrics: `{json.dumps(result.last_metrics)}`\n")
-    model_dir = write_model_folder(out / "model", network_state, full_config, card)
+    model_dir = write_diffusion_model(out / "model", network_state, base_config, result.step,
+                                      result.last_metrics)
     return FamilyRunResult(model_dir, result.step, result.stopped, result.last_metrics,
-                              time.perf_counter() - started)
+                           time.perf_counter() - started)
+
+
+#: the model config of a diffusion run (without step count), kept in the run folder
+RUN_MODEL_CONFIG = "model_config.json"
+
+
+def write_diffusion_model(folder: Path, network_state: dict[str, torch.Tensor], base_config: dict,
+                          steps: int, metrics: dict) -> Path:
+    """Write a diffusion model folder (weights, config with step count and metrics, card)."""
+    full_config = {**base_config, "steps": steps, "last_metrics": metrics}
+    train_config = base_config["train"]
+    card = (f"# Diffusion model trained on {base_config['data']}\n\n"
+            f"Preset `{base_config.get('preset', base_config['diffusion']['preset'])}` "
+            f"({base_config['parameters'] / 1e6:.2f} M parameters), "
+            f"{steps} steps of batch {train_config['batch_size']}, "
+            f"{'latent' if base_config['autoencoder'] else 'pixel'} space, "
+            f"{base_config['image_size']} px.\n\n"
+            f"Last logged metrics: `{json.dumps(metrics)}`\n")
+    return write_model_folder(folder, network_state, full_config, card)
+
+
+def export_checkpoint(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, int]:
+    """Write the newest checkpoint of a diffusion run (EMA weights) as a model folder.
+
+    Lets a user sample from a model while it is still training; returns (folder, step).
+    """
+    from ..train.state import checkpoint_dirs
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / RUN_MODEL_CONFIG
+    if not config_path.is_file():
+        raise DataError(f"{run_dir} is not a diffusion run folder (no {RUN_MODEL_CONFIG})",
+                        field="run", fix="pass the --out folder of `imagesynth train diffusion`")
+    checkpoints = checkpoint_dirs(run_dir / "checkpoints")
+    if not checkpoints:
+        raise DataError(f"{run_dir} has no complete checkpoint yet", field="run",
+                        fix="wait for the first checkpoint (every checkpoint_every steps)")
+    newest = checkpoints[-1]
+    weights = newest / "ema.safetensors"
+    if not weights.is_file():
+        weights = newest / "model.safetensors"
+    state = load_weights(weights)
+    network_state = {k.removeprefix("network."): v for k, v in state.items()}
+    step = int(json.loads((newest / "state.json").read_text())["step"])
+    folder = Path(out) if out is not None else run_dir / f"model-step-{step}"
+    return write_diffusion_model(folder, network_state, json.loads(config_path.read_text()), step,
+                                 {}), step
 
 
 def load_denoiser(state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -> EDMDenoiser:
@@ -327,5 +372,5 @@ def load_denoiser(state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -
 
 
 __all__ = ["DiffusionConfig", "DiffusionObjective", "DiffusionTrainingSet",
-           "PRESETS", "TextTable", "encode_caption_table", "load_denoiser",
+           "PRESETS", "TextTable", "encode_caption_table", "export_checkpoint", "load_denoiser",
            "sample_grid", "save_grid_png", "train_diffusion"]

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-DRAWERS = ("pixels", "fourier", "pixelart", "decoder")
+DRAWERS = ("pixels", "fourier", "pixelart", "decoder", "diffusion-latent")
 
 # Lucid's colour-correlation square root (ImageNet statistics), used by Big Sleep/Lucid FFT images
 # so that each learned channel is a decorrelated colour direction.
@@ -240,8 +240,12 @@ class DecoderDrawer(nn.Module):
 
 def build_drawer(name: str, height: int, width: int, generator: torch.Generator, *,
                  cells: int = 8, palette: torch.Tensor | None = None,
-                 decoder: Decoder | None = None, fourier_decay: float = 1.0) -> nn.Module:
+                 decoder: Decoder | None = None, fourier_decay: float = 1.0,
+                 diffusion=None, prompt: str = "", negative_prompt: str = "",
+                 diffusion_steps: int = 6, diffusion_sampler: str = "dpmpp_2m",
+                 diffusion_guidance: float | None = None) -> nn.Module:
     """Make the drawer called `name` for an H x W image, its initial parameters drawn from `generator`."""
+    # diffusion (a loaded DiffusionPipeline), the prompts and diffusion_*: diffusion-latent only
     if name == "pixels":
         return PixelDrawer(height, width, generator)
     if name == "fourier":
@@ -253,5 +257,12 @@ def build_drawer(name: str, height: int, width: int, generator: torch.Generator,
             raise ConfigError("the decoder drawer needs an autoencoder", field="decoder",
                               fix="pass --decoder NAME_OR_FOLDER (an imagesynth autoencoder)")
         return DecoderDrawer(height, width, generator, decoder)
+    if name == "diffusion-latent":
+        from .diffusion_drawer import DiffusionLatentDrawer, missing_model_error
+
+        if diffusion is None:
+            raise missing_model_error()
+        return DiffusionLatentDrawer(height, width, generator, diffusion, prompt, negative_prompt,
+                                     diffusion_steps, diffusion_sampler, diffusion_guidance)
     raise ConfigError(f"unknown drawer {name!r}", field="drawer",
                       fix=f"choose one of {', '.join(DRAWERS)}")

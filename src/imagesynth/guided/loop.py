@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,18 +15,21 @@ from PIL import Image
 from .. import __version__
 from ..config import from_dict, to_dict
 from ..errors import ConfigError, IntegrityError, NumericError
-from ..io.files import atomic_path, sha256_file
+from ..io.files import sha256_file
 from ..io.images import open_image
 from ..io.pngmeta import save_png
 from ..scorers import Scorer
 from .cutouts import CutoutConfig, augmented_cutouts
-from .drawers import DRAWERS, Decoder, build_drawer
+from .diffusion_drawer import (DEFAULT_STEPS, check_options, conditioning_texts,
+                               missing_model_error, no_init_image_error)
+from .drawers import DRAWERS, Decoder, build_drawer, clamp_with_grad
 from .losses import (directional_loss, prompt_loss, range_loss, saturation_loss,
                      spherical_distance_loss, total_variation_loss)
 from .prompts import WeightedPrompt, normalised_weights, parse_prompts
 
 #: learning rates that work for each drawer's parametrisation at the default settings
-DEFAULT_LEARNING_RATES = {"pixels": 0.1, "fourier": 0.05, "pixelart": 0.1, "decoder": 0.05}
+DEFAULT_LEARNING_RATES = {"pixels": 0.1, "fourier": 0.05, "pixelart": 0.1, "decoder": 0.05,
+                          "diffusion-latent": 0.05}
 MAX_SIDE = 2048
 
 
@@ -58,6 +61,10 @@ class DreamConfig:
     cells: int = 8  # pixelart: cells along the short side
     palette: tuple[str, ...] = ()  # pixelart: hex colours such as "#ff0000"
     decoder: str | None = None  # decoder drawer: autoencoder name or folder
+    diffusion_model: str | None = None  # diffusion-latent drawer: diffusion model name or folder
+    diffusion_steps: int = DEFAULT_STEPS  # diffusion-latent: sampler steps per render
+    diffusion_sampler: str = "dpmpp_2m"  # diffusion-latent: a deterministic sampler
+    diffusion_guidance: float | None = None  # diffusion-latent: CFG scale (None: model default)
     eval_every: int = 25
     frame_every: int = 10
 
@@ -84,6 +91,9 @@ class DreamConfig:
         if self.edit_to is not None and self.init_image is None:
             raise ConfigError("editing needs an image to edit", field="edit_to",
                               fix="pass --init-image FILE together with --edit-to")
+        if self.drawer == "diffusion-latent" and self.init_image is not None:
+            raise no_init_image_error()
+        check_options(self.diffusion_steps, self.diffusion_sampler, self.diffusion_guidance)
         CutoutConfig(self.cutouts, self.cut_power, self.cutout_noise, self.flip)  # validates
 
     @property
@@ -186,15 +196,26 @@ def _load_decoder(spec: str | None) -> Decoder | None:
     return load_autoencoder(spec)
 
 
+def _load_diffusion(spec: str | None):
+    if spec is None:
+        raise missing_model_error()
+    from ..pipeline import load_pipeline
+
+    # CPU, like the scorer and every generator of the loop: same seed, same bytes.
+    return load_pipeline(spec, device="cpu")
+
+
 def dream(config: DreamConfig, *, scorer: Scorer | None = None,
           held_out_scorer: Scorer | None = None, decoder: Decoder | None = None,
-          show_progress: bool = False, keep_frames: bool = False,
+          diffusion=None, show_progress: bool = False, keep_frames: bool = False,
           frames_dir: str | Path | None = None,
-          on_step: Callable[[int, torch.Tensor, float], None] | None = None) -> DreamResult:
+          on_step: Callable[[int, torch.Tensor, float], None] | None = None,
+          on_frame: Callable[[int, Image.Image], None] | None = None) -> DreamResult:
     """Optimise the drawer's parameters so the image matches the prompt under scorer A.
 
-    Pass loaded scorers/decoder to skip loading them from `config`. The held-out scorer B only
-    evaluates; the result is flagged adversarial when A's score rose while B's fell.
+    Pass loaded scorers/decoder/diffusion pipeline to skip loading them from `config`. The
+    held-out scorer B only evaluates; the result is flagged adversarial when A's score rose while
+    B's fell. `on_frame(step, image)` receives each recorded frame (e.g. to stream a video).
     """
     from ..clip.foreign import load_scorer
 
@@ -204,6 +225,9 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
         if decoder is None:
             raise ConfigError("the decoder drawer needs an autoencoder", field="decoder",
                               fix="pass --decoder NAME_OR_FOLDER (an imagesynth autoencoder)")
+    if diffusion is None and config.drawer == "diffusion-latent":
+        diffusion = _load_diffusion(config.diffusion_model)
+    prompt, negative_prompt = conditioning_texts(targets)
     scorer = scorer if scorer is not None else load_scorer(config.scorer)
     if held_out_scorer is None and config.held_out_scorer:
         held_out_scorer = load_scorer(config.held_out_scorer)
@@ -211,7 +235,10 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
     init_seed, cutout_seed = _seeds(config.seed)
     drawer = build_drawer(config.drawer, H, W, torch.Generator().manual_seed(init_seed),
                           cells=config.cells, palette=parse_palette(config.palette),
-                          decoder=decoder)
+                          decoder=decoder, diffusion=diffusion, prompt=prompt,
+                          negative_prompt=negative_prompt, diffusion_steps=config.diffusion_steps,
+                          diffusion_sampler=config.diffusion_sampler,
+                          diffusion_guidance=config.diffusion_guidance)
     init = None
     if config.init_image is not None:
         init = load_image_tensor(config.init_image, W, H, "init_image")
@@ -254,13 +281,15 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
         return row
 
     def record_frame(step: int, image: torch.Tensor) -> None:
-        if not (keep_frames or frames_dir is not None):
+        if not (keep_frames or frames_dir is not None or on_frame is not None):
             return
         frame = to_pil(image)
         if keep_frames:
             frames.append(frame)
         if frames_dir is not None:
             frame.save(frames_dir / f"frame_{step:05d}.png")
+        if on_frame is not None:
+            on_frame(step, frame)
 
     progress = _progress(show_progress, config.steps)
     task = progress.add_task("dreaming", total=config.steps, score=float("nan")) if progress else None
@@ -273,7 +302,10 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
             progress.start()
         for step in range(1, config.steps + 1):
             optimiser.zero_grad(set_to_none=True)
-            image = drawer.render()  # [1, 3, H, W]
+            # One render per step: drawers with an `unclamped` image (decoders, diffusion) give it
+            # to the range loss, so an expensive decode or sampler run is not repeated.
+            raw = drawer.unclamped() if hasattr(drawer, "unclamped") else None
+            image = clamp_with_grad(raw) if raw is not None else drawer.render()  # [1, 3, H, W]
             if editing:
                 # crops shared by the edited and the original image: ΔI compares like with like
                 cuts = augmented_cutouts(torch.cat([image, init]), cut_size, cut_config, cut_generator)
@@ -288,8 +320,7 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
             if config.tv_weight:
                 loss = loss + config.tv_weight * total_variation_loss(image)
             if config.range_weight:
-                raw = getattr(drawer, "unclamped", drawer.render)()
-                loss = loss + config.range_weight * range_loss(raw)
+                loss = loss + config.range_weight * range_loss(raw if raw is not None else image)
             if config.saturation_weight:
                 loss = loss + config.saturation_weight * saturation_loss(image)
             if not torch.isfinite(loss):
@@ -317,7 +348,13 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
     first = history[0]
     adversarial = bool(score_b is not None and last["score"] > first["score"]
                        and last["held_out_score"] < first["held_out_score"])
-    recipe = _recipe(config, scorer, held_out_scorer, history, adversarial)
+    extra = {}
+    if config.drawer == "diffusion-latent":
+        # Record what was resolved (model path, default guidance) so a replay cannot drift.
+        config = replace(config, diffusion_model=diffusion.model_name,
+                         diffusion_guidance=drawer.guidance_scale)
+        extra["diffusion"] = drawer.recipe()
+    recipe = {**_recipe(config, scorer, held_out_scorer, history, adversarial), **extra}
     return DreamResult(to_pil(final), recipe, history, adversarial, frames)
 
 
@@ -354,21 +391,9 @@ def _recipe(config: DreamConfig, scorer: Scorer, held_out_scorer: Scorer | None,
     return recipe
 
 
-def save_gif(frames: list[Image.Image], path: str | Path, frame_ms: int = 80) -> Path:
-    """Write the optimisation as an animated GIF (Pillow), looping, the last frame held longer."""
-    if not frames:
-        raise ConfigError("no frames were recorded", field="gif")
-    path = Path(path)
-    durations = [frame_ms] * (len(frames) - 1) + [frame_ms * 10]
-    with atomic_path(path) as tmp:
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
-                       duration=durations, loop=0)
-    return path
-
-
 def reproduce_from_recipe(recipe: dict, *, scorer: Scorer | None = None,
                           held_out_scorer: Scorer | None = None,
-                          decoder: Decoder | None = None) -> Image.Image:
+                          decoder: Decoder | None = None, diffusion=None) -> Image.Image:
     """Re-run the optimisation a `kind: dream` recipe describes; refuse if a model or input changed."""
     if recipe.get("kind") != "dream" or not isinstance(recipe.get("dream"), dict):
         raise ConfigError("this recipe was not written by `imagesynth dream`", field="image")
@@ -385,5 +410,14 @@ def reproduce_from_recipe(recipe: dict, *, scorer: Scorer | None = None,
     if expected and _identity(scorer) not in (None, expected):
         raise IntegrityError(f"scorer {config.scorer!r} is not the model that made this image",
                              field="model", fix="install the exact model the recipe names")
-    result = dream(config, scorer=scorer, held_out_scorer=held_out_scorer, decoder=decoder)
+    if config.drawer == "diffusion-latent":
+        diffusion = diffusion if diffusion is not None else _load_diffusion(config.diffusion_model)
+        expected = (recipe.get("diffusion") or {}).get("model_hash")
+        if expected and diffusion.model_hash != expected:
+            raise IntegrityError(f"diffusion model {config.diffusion_model!r} is not the model "
+                                 "that made this image (weights SHA-256 differs)",
+                                 field="diffusion_model",
+                                 fix="install the exact model the recipe names")
+    result = dream(config, scorer=scorer, held_out_scorer=held_out_scorer, decoder=decoder,
+                   diffusion=diffusion)
     return result.image
