@@ -144,8 +144,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer samples and a shorter NFE grid")
     parser.add_argument("--std", type=float, default=0.05,
                         help="std of each mixture component (smaller = sharper modes, stiffer ODE)")
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="only the engine-overhead measurement (5 repeats, 20 steps)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.overhead_only:
+        print(json.dumps({"benchmark": "samplers_overhead", "threads": torch.get_num_threads(),
+                          "overhead": [overhead(repeats=5, width=64, num_steps=20, network_kind=kind)
+                                       for kind in ("convnet", "unet")]}, indent=1))
+        return
     if args.quick:
         sweep = distance_sweep(4000, [5, 10, 20, 35, 50, 100, 500], ancestral_max_nfe=50,
                                std=args.std)
