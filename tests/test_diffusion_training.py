@@ -162,3 +162,19 @@ def test_training_errors_name_the_field(shapes16, tmp_path):
     with pytest.raises(ConfigError) as info:
         unet_config("huge")
     assert info.value.field == "preset"
+
+
+def test_coordinate_channels_tell_the_unet_where_it_is():
+    from imagesynth.nets.unet import coordinate_maps
+
+    maps = coordinate_maps(torch.zeros(2, 3, 4, 6))
+    assert maps.shape == (2, 2, 4, 6)
+    assert torch.equal(maps[0, 0, :, 0], torch.full((4,), -1.0))  # x: left column
+    assert torch.equal(maps[0, 0, :, -1], torch.ones(4))  # x: right column
+    assert torch.equal(maps[0, 1, 0], torch.full((6,), -1.0))  # y: top row
+    net = build_unet(unet_config("tiny", coordinates=True))
+    assert net.config["in_channels"] == 5 and net.channels == 3
+    out = net(torch.randn(2, 3, 16, 16), torch.zeros(2), torch.randn(2, 5, 384), torch.ones(2, 5))
+    assert out.shape == (2, 3, 16, 16)
+    plain = build_unet(unet_config("tiny"))  # configs saved before the option load unchanged
+    assert plain.coordinate_channels == 0 and plain.config["in_channels"] == 3
