@@ -14,7 +14,7 @@ from .train import console, loop_overrides, train_app
 def train_diffusion_command(
     data: Path = typer.Option(..., help="Captioned image folder (e.g. from `imagesynth data`)."),
     out: Path = typer.Option(Path("runs/diffusion"), help="Run folder: checkpoints, logs, samples/, model/."),
-    preset: str = typer.Option("shapes", help="Model + schedule preset: tiny, shapes (32 px pixels), emoji (64 px latents)."),
+    preset: str = typer.Option("shapes", help="Model + schedule preset: tiny, shapes (32 px pixels), shapes-xy (shapes + coordinate maps), emoji (64 px latents)."),
     steps: Optional[int] = typer.Option(None, help="Total optimiser steps (preset default if omitted)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step (preset default if omitted)."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),

@@ -43,9 +43,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                  layers_per_block=1, head_dim=8, norm_groups=8),
     # 32 px pixel space (ShapesWorld); attention only at 8x8, where relations are decided: CPU
     # self-attention over 16x16 tokens cost 60 % of a training step for no visible gain.
-    # Coordinate channels: without them a 4,000-step model placed objects at chance.
     "shapes": dict(sample_size=32, channels=3, widths=(32, 64, 128), attention=(False, False, True),
-                   layers_per_block=1, head_dim=32, norm_groups=16, coordinates=True),
+                   layers_per_block=1, head_dim=32, norm_groups=16),
+    # The same plus coordinate channels: `shapes` placed objects at chance after 4,000 steps.
+    "shapes-xy": dict(sample_size=32, channels=3, widths=(32, 64, 128),
+                      attention=(False, False, True), layers_per_block=1, head_dim=32,
+                      norm_groups=16, coordinates=True),
     # 16x16x4 latents of 64 px images (autoencoder downsample factor 4).
     "emoji": dict(sample_size=16, channels=4, widths=(64, 128, 192), attention=(False, True, True),
                   layers_per_block=1, head_dim=32, norm_groups=32),
