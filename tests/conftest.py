@@ -28,6 +28,23 @@ def minilm():
 
 
 @pytest.fixture(scope="session")
+def shapes_folder(tmp_path_factory):
+    """`shapes_folder(count, size=16)`: a ShapesWorld folder (seed 0), built once per count and size."""
+    from imagesynth.data import ShapesConfig, build_shapes_dataset
+
+    built = {}
+
+    def make(count: int, size: int = 16):
+        if (count, size) not in built:
+            root = tmp_path_factory.mktemp(f"shapes{size}-{count}") / "shapes"
+            build_shapes_dataset(root, ShapesConfig(count=count, size=size, seed=0))
+            built[count, size] = root
+        return built[count, size]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_run(tmp_path_factory):
     """A tiny CLIP trained for 60 steps on a 16 px ShapesWorld folder: (root, FamilyRunResult)."""
     from imagesynth.clip.training import train_clip

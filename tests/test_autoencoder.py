@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from imagesynth.data import ShapesConfig, build_shapes_dataset
 from imagesynth.data.folder import CaptionedImageFolder
 from imagesynth.errors import ConfigError, DataError, InputImageError, ModelNotFoundError
 from imagesynth.io.checkpoint import load_weights
@@ -23,11 +22,9 @@ TINY_RUN = dict(max_steps=40, batch_size=8, eval_every=20, checkpoint_every=20)
 
 
 @pytest.fixture(scope="module")
-def shapes16(tmp_path_factory):
+def shapes16(shapes_folder):
     """A 16 px ShapesWorld folder (120 images)."""
-    root = tmp_path_factory.mktemp("ae-data") / "shapes"
-    build_shapes_dataset(root, ShapesConfig(count=120, size=16, seed=0))
-    return root
+    return shapes_folder(120)
 
 
 @pytest.fixture(scope="module")

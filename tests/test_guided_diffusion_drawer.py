@@ -32,12 +32,8 @@ def shared_text_encoder(monkeypatch, minilm):
 
 
 @pytest.fixture(scope="module")
-def shapes16(tmp_path_factory):
-    from imagesynth.data import ShapesConfig, build_shapes_dataset
-
-    root = tmp_path_factory.mktemp("diffusion-drawer") / "shapes"
-    build_shapes_dataset(root, ShapesConfig(count=32, size=16, seed=0))
-    return root
+def shapes16(shapes_folder):
+    return shapes_folder(32)
 
 
 @pytest.fixture(scope="module")
