@@ -15,7 +15,7 @@ from pathlib import Path
 
 from imagesynth.clip import load_clip
 from imagesynth.clip.evaluation import (emoji_zero_shot, load_paraphrases, paraphrase_retrieval,
-                                        shapes_zero_shot)
+                                        SHAPES_ENSEMBLE, shapes_zero_shot)
 
 PARAPHRASES = Path(__file__).resolve().parents[1] / "tests" / "data" / "emoji_paraphrases.json"
 
@@ -25,6 +25,11 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="CLIP model name or folder")
     parser.add_argument("--shapes", action="store_true", help="colour×shape zero-shot (24 classes)")
     parser.add_argument("--shapes-size", type=int, default=32)
+    parser.add_argument("--shapes-seed", type=int, default=0, help="seed of the rendered scenes")
+    parser.add_argument("--shapes-template", action="append", default=None,
+                        help="class phrasing with {colour} and {shape} (repeatable: ensemble)")
+    parser.add_argument("--shapes-ensemble", action="store_true",
+                        help="average the built-in list of generic phrasings (prompt ensembling)")
     parser.add_argument("--emoji", type=Path, help="emoji folder to classify among its names")
     parser.add_argument("--template", action="append", default=None,
                         help="label template(s), e.g. '{}, twitter style' (repeatable)")
@@ -37,7 +42,10 @@ def main() -> None:
     size = scorer.model.config.image_size
     report: dict = {"benchmark": "clip_zeroshot", "model": args.model}
     if args.shapes:
-        report["shapes"] = shapes_zero_shot(scorer, size=args.shapes_size)
+        templates = (SHAPES_ENSEMBLE if args.shapes_ensemble
+                     else tuple(args.shapes_template or ["a {colour} {shape}"]))
+        report["shapes"] = shapes_zero_shot(scorer, size=args.shapes_size, seed=args.shapes_seed,
+                                            templates=templates)
     if args.emoji:
         templates = tuple(args.template or ["{}"])
         report["emoji"] = emoji_zero_shot(scorer, args.emoji, image_size=size,

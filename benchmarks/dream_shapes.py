@@ -25,6 +25,12 @@ def main() -> None:
     parser.add_argument("--clip", required=True, help="scorer: model name or folder")
     parser.add_argument("--drawers", default="pixelart,pixels,fourier")
     parser.add_argument("--decoder", help="autoencoder for the decoder drawer")
+    parser.add_argument("--diffusion-model", help="diffusion model for the diffusion-latent drawer")
+    parser.add_argument("--diffusion-steps", type=int, default=None,
+                        help="sampler steps per render of the diffusion-latent drawer")
+    parser.add_argument("--init-colour", help='start from a plain canvas, e.g. "white"')
+    parser.add_argument("--init-noise", type=float, default=0.0, help="noise added to the start")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (drawer default)")
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=100)
@@ -40,9 +46,13 @@ def main() -> None:
     if args.decoder:
         from imagesynth.nets.autoencoder import load_autoencoder
         decoder = load_autoencoder(args.decoder)
+    extra = {"diffusion_steps": args.diffusion_steps} if args.diffusion_steps else {}
     prompts = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES][:args.limit]
     report: dict = {"benchmark": "dream_shapes", "clip": args.clip, "size": args.size,
-                    "steps": args.steps, "cutouts": args.cutouts, "seeds": args.seeds,
+                    "steps": args.steps, "cutouts": args.cutouts, "lr": args.lr,
+                    "tv_weight": args.tv_weight, "init_colour": args.init_colour,
+                    "init_noise": args.init_noise,
+                    "decoder": args.decoder, "diffusion_model": args.diffusion_model, "seeds": args.seeds,
                     "prompts": len(prompts), "drawers": {}}
     for drawer in [d.strip() for d in args.drawers.split(",") if d.strip()]:
         started = time.perf_counter()
@@ -55,7 +65,10 @@ def main() -> None:
                                      width=args.size, height=args.size, cutouts=args.cutouts,
                                      seed=seed, scorer=args.clip, cells=args.cells,
                                      tv_weight=args.tv_weight, decoder=args.decoder,
-                                     eval_every=args.steps)
+                                     diffusion_model=args.diffusion_model,
+                                     learning_rate=args.lr, eval_every=args.steps,
+                                     init_colour=args.init_colour, init_noise=args.init_noise,
+                                     **extra)
                 result = check(dream(config, scorer=scorer, decoder=decoder).image, prompt)
                 runs += 1
                 for key in counts:

@@ -40,3 +40,20 @@ def test_bundled_shapes_model_draws_what_it_is_asked(minilm):
             assert image.size == (32, 32)
             passed += check(image, prompt).ok
     assert passed >= 6, f"only {passed}/8 images pass the checker"
+
+
+@pytest.mark.skipif("shapes-f4" not in BUNDLED, reason="the shapes-f4 autoencoder is not bundled")
+def test_bundled_shapes_autoencoder_reconstructs_a_scene(shapes_folder):
+    """A fresh ShapesWorld scene comes back through encode/decode at > 30 dB PSNR."""
+    import torch
+
+    from imagesynth.data.folder import CaptionedImageFolder
+    from imagesynth.nets.autoencoder import load_autoencoder
+
+    autoencoder = load_autoencoder("shapes-f4")
+    folder = CaptionedImageFolder(shapes_folder(8, size=32), resolution=32)
+    images = torch.stack([folder[i]["image"] for i in range(len(folder))])  # [-1, 1]
+    with torch.no_grad():
+        restored = autoencoder.decode(autoencoder.encode(images)).clamp(-1, 1)
+    mse = ((restored - images) / 2).pow(2).mean()
+    assert 10 * torch.log10(1 / mse) > 30

@@ -85,6 +85,21 @@ def test_training_writes_a_loadable_model_that_learned(tiny_clip_run, minilm):
     assert zero_shot["top1"] > 2 / 24  # far above chance (1/24) after 60 tiny steps
 
 
+def test_shapes_zero_shot_prompt_ensemble_averages_unit_class_embeddings(tiny_clip_run, minilm):
+    """One template equals itself as a one-item ensemble; a bad template names the field."""
+    from imagesynth.clip.evaluation import SHAPES_ENSEMBLE
+    from imagesynth.errors import ConfigError
+
+    scorer = load_clip(str(tiny_clip_run[1].model_dir), text_encoder=minilm)
+    plain = shapes_zero_shot(scorer, size=16, per_pair=2)
+    assert plain == shapes_zero_shot(scorer, size=16, per_pair=2, templates=("a {colour} {shape}",))
+    ensemble = shapes_zero_shot(scorer, size=16, per_pair=2, templates=SHAPES_ENSEMBLE)
+    assert ensemble["templates"] == list(SHAPES_ENSEMBLE) and 0 <= ensemble["top1"] <= 1
+    with pytest.raises(ConfigError) as info:
+        shapes_zero_shot(scorer, size=16, per_pair=2, templates=("a {} {}",))
+    assert info.value.field == "template"
+
+
 def test_image_embedding_is_differentiable(tiny_clip_run, minilm):
     _, result = tiny_clip_run
     scorer = load_clip(str(result.model_dir), text_encoder=minilm)

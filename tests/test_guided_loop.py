@@ -124,6 +124,9 @@ def test_cli_writes_png_and_gif(tiny_clips, tmp_path, capsys):
     (["x", "--steps", "0"], "steps"),
     (["x", "--size", "big"], "size"),
     (["x", "--edit-to", "y"], "edit_to"),
+    (["x", "--init-colour", "blurple"], "init_colour"),
+    (["x", "--init-colour", "white", "--init-image", "x.png"], "init_colour"),
+    (["x", "--init-noise", "-1"], "init_noise"),
 ])
 def test_cli_bad_input_is_one_line_naming_the_field(tiny_clips, tmp_path, capsys, args, field):
     code = run(["dream", *args, "--scorer", tiny_clips[0][0], "--out", str(tmp_path / "x.png")])
@@ -138,3 +141,16 @@ def test_unreadable_init_image_is_named(tiny_clips, tmp_path, capsys):
                 "--steps", "1", "--size", "16"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "init_image" in err and len(err.splitlines()) == 1
+
+
+def test_init_colour_starts_plain_and_init_noise_varies_it_per_seed(tiny_clips):
+    """A white canvas start renders white; added noise is seeded: same seed same start, not other."""
+    folders, (scorer_a, _) = tiny_clips
+    starts = {}
+    for name, noise, seed in (("plain", 0.0, 0), ("a", 0.5, 0), ("b", 0.5, 0), ("c", 0.5, 1)):
+        frames = []
+        dream(_config(folders, steps=1, init_colour="white", init_noise=noise, seed=seed),
+              scorer=scorer_a, on_frame=lambda step, frame: frames.append(frame))
+        starts[name] = frames[0].tobytes()
+    assert set(starts["plain"]) == {255}
+    assert starts["a"] == starts["b"] != starts["c"] and starts["a"] != starts["plain"]

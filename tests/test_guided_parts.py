@@ -92,6 +92,19 @@ def test_decoder_drawer_optimises_only_the_latent():
     assert F.mse_loss(drawer.render(), target) < before
 
 
+def test_decoder_drawer_init_encodes_with_our_autoencoder():
+    """An encoder returning a tensor (our Autoencoder) sets the latent to the encoding."""
+    from imagesynth.nets.autoencoder import Autoencoder, autoencoder_config
+
+    torch.manual_seed(0)
+    autoencoder = Autoencoder(autoencoder_config("tiny"))
+    drawer = DecoderDrawer(16, 16, _gen(), autoencoder)
+    target = _image(seed=3)
+    drawer.init_from_image(target)
+    with torch.no_grad():
+        assert torch.equal(drawer.latents, autoencoder.encode(target * 2 - 1))
+
+
 @pytest.mark.parametrize("name,size,kwargs", [
     ("pixelart", (30, 30), {"cells": 8}),
     ("decoder", (18, 16), {"decoder": TinyDecoder()}),

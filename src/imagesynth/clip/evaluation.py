@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..data.folder import CaptionedImageFolder
+from ..errors import ConfigError
 from ..data.shapes import HELD_OUT_PAIRS, PALETTE, SHAPES, Scene, ShapeObject, render_scene
 from ..scorers import Scorer
 
@@ -85,12 +86,21 @@ def _records(folder: Path) -> dict[str, dict]:
     return {(r := json.loads(line))["file"]: r for line in lines if line.strip()}
 
 
+#: generic phrasings of a colour-shape class, averaged for prompt ensembling (CLIP paper §3.1.4)
+SHAPES_ENSEMBLE = ("a {colour} {shape}", "a {colour} {shape} on the left",
+                   "a {colour} {shape} on the right", "a {colour} {shape} at the top",
+                   "a {colour} {shape} at the bottom", "a {colour} {shape} above a blue circle",
+                   "one {colour} {shape}", "the {colour} {shape}", "{colour} {shape}",
+                   "a {shape} that is {colour}", "a {colour} coloured {shape}")
+
+
 def shapes_zero_shot(scorer: Scorer, size: int = 32, per_pair: int = 20, seed: int = 0,
-                     template: str = "a {} {}") -> dict:
+                     templates: tuple[str, ...] = ("a {colour} {shape}",)) -> dict:
     """Colour-and-shape zero-shot over all 24 pairs on rendered single-object scenes.
 
     Accuracy is reported overall and separately for the held-out pairs a default ShapesWorld
-    build never shows, which measures compositional generalisation.
+    build never shows, which measures compositional generalisation. Each template holds
+    `{colour}` and `{shape}`; several are averaged per class (prompt ensembling).
     """
     rng = np.random.default_rng(seed)
     pairs = [(c, s) for c in PALETTE for s in SHAPES]
@@ -104,13 +114,19 @@ def shapes_zero_shot(scorer: Scorer, size: int = 32, per_pair: int = 20, seed: i
             array = np.asarray(render_scene(scene), dtype=np.float32) / 255.0
             images.append(torch.from_numpy(array).permute(2, 0, 1))
             targets.append(target)
-    labels = [template.format(c, s) for c, s in pairs]
+    for template in templates:
+        if "{colour}" not in template or "{shape}" not in template:
+            raise ConfigError(f"template {template!r} needs {{colour}} and {{shape}}",
+                              field="template", fix='e.g. "a {colour} {shape}"')
     image_emb = embed_images(scorer, torch.stack(images))
-    label_emb = embed_labels(scorer, labels, ["{}"])
+    per_template = [embed_labels(scorer, [t.format(colour=c, shape=s) for c, s in pairs], ["{}"])
+                    for t in templates]
+    label_emb = torch.nn.functional.normalize(torch.stack(per_template).mean(dim=0), dim=-1)
     targets_t = torch.tensor(targets)
     held = torch.tensor([(c, s) in HELD_OUT_PAIRS for c, s in pairs])[targets_t]
     predictions = (image_emb @ label_emb.T).argmax(dim=1)
     correct = (predictions == targets_t).float()
     return {"classes": len(pairs), "images": len(targets), "top1": float(correct.mean()),
             "top1_seen_pairs": float(correct[~held].mean()),
-            "top1_held_out_pairs": float(correct[held].mean())}
+            "top1_held_out_pairs": float(correct[held].mean()), "seed": seed,
+            "templates": list(templates)}

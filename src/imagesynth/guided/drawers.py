@@ -227,7 +227,10 @@ class DecoderDrawer(nn.Module):
         if callable(encode):
             with torch.no_grad():
                 latents = encode(image * 2 - 1)
-                latents = getattr(latents, "mean", latents)  # a distribution -> its mean
+                # diffusers returns an output holding a distribution: take its mean
+                latents = getattr(latents, "latent_dist", latents)
+                if not isinstance(latents, torch.Tensor):
+                    latents = latents.mean
             if tuple(latents.shape) == tuple(self.latents.shape):
                 self.latents.data.copy_(latents)
                 return

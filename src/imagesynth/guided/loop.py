@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageColor
 
 from .. import __version__
 from ..config import from_dict, to_dict
@@ -49,6 +49,8 @@ class DreamConfig:
     learning_rate: float | None = None  # None: the drawer's default
     seed: int = 0
     init_image: str | None = None
+    init_colour: str | None = None  # start from a plain canvas of this colour ("white", "#rrggbb")
+    init_noise: float = 0.0  # std of seeded noise added to the drawer's parameters after init
     image_prompts: tuple[str, ...] = ()
     style: str | None = None
     edit_to: str | None = None  # edit the init image toward this text (directional CLIP loss)
@@ -78,6 +80,13 @@ class DreamConfig:
             value = getattr(self, name)
             if not 1 <= value <= MAX_SIDE:
                 raise ConfigError(f"must be between 1 and {MAX_SIDE}, got {value}", field="size")
+        if self.init_colour is not None:
+            if self.init_image is not None:
+                raise ConfigError("give either an init image or an init colour, not both",
+                                  field="init_colour", fix="drop --init-colour or --init-image")
+            colour_rgb(self.init_colour)
+        if not (math.isfinite(self.init_noise) and self.init_noise >= 0):
+            raise ConfigError(f"must be >= 0, got {self.init_noise}", field="init_noise")
         if self.learning_rate is not None and not (math.isfinite(self.learning_rate)
                                                    and self.learning_rate > 0):
             raise ConfigError(f"must be > 0, got {self.learning_rate}", field="lr")
@@ -91,7 +100,7 @@ class DreamConfig:
         if self.edit_to is not None and self.init_image is None:
             raise ConfigError("editing needs an image to edit", field="edit_to",
                               fix="pass --init-image FILE together with --edit-to")
-        if self.drawer == "diffusion-latent" and self.init_image is not None:
+        if self.drawer == "diffusion-latent" and (self.init_image or self.init_colour):
             raise no_init_image_error()
         check_options(self.diffusion_steps, self.diffusion_sampler, self.diffusion_guidance)
         CutoutConfig(self.cutouts, self.cut_power, self.cutout_noise, self.flip)  # validates
@@ -130,6 +139,16 @@ def load_image_tensor(path: str, width: int, height: int, field_name: str) -> to
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+
+
+def colour_rgb(text: str) -> tuple[float, float, float]:
+    """A colour name or #rrggbb as RGB in [0, 1]."""
+    try:
+        rgb = ImageColor.getrgb(text.strip())
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a colour", field="init_colour",
+                          fix='use a name such as "white" or a hex colour such as "#ffffff"') from None
+    return tuple(channel / 255.0 for channel in rgb[:3])
 
 
 def parse_palette(colours: tuple[str, ...]) -> torch.Tensor | None:
@@ -233,7 +252,8 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
         held_out_scorer = load_scorer(config.held_out_scorer)
     W, H = config.width, config.height
     init_seed, cutout_seed = _seeds(config.seed)
-    drawer = build_drawer(config.drawer, H, W, torch.Generator().manual_seed(init_seed),
+    init_generator = torch.Generator().manual_seed(init_seed)
+    drawer = build_drawer(config.drawer, H, W, init_generator,
                           cells=config.cells, palette=parse_palette(config.palette),
                           decoder=decoder, diffusion=diffusion, prompt=prompt,
                           negative_prompt=negative_prompt, diffusion_steps=config.diffusion_steps,
@@ -243,6 +263,16 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
     if config.init_image is not None:
         init = load_image_tensor(config.init_image, W, H, "init_image")
         drawer.init_from_image(init)
+    elif config.init_colour is not None:
+        canvas = torch.tensor(colour_rgb(config.init_colour)).view(1, 3, 1, 1).expand(1, 3, H, W)
+        drawer.init_from_image(canvas.contiguous())
+    if config.init_noise > 0:
+        # Seeds then differ even from a shared init image (pixray's init_noise): a blank
+        # canvas plus noise lets each seed grow its own object instead of the same one.
+        with torch.no_grad():
+            for parameter in drawer.parameters():
+                parameter.add_(config.init_noise * torch.randn(
+                    parameter.shape, generator=init_generator).to(parameter))
     cut_generator = torch.Generator().manual_seed(cutout_seed)
     cut_config = CutoutConfig(config.cutouts, config.cut_power, config.cutout_noise, config.flip)
     cut_size = scorer_input_size(scorer)
