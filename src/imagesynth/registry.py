@@ -97,6 +97,27 @@ def write_model_folder(folder: str | Path, tensors: Mapping[str, torch.Tensor],
     return folder
 
 
+def half_precision_copy(name_or_path: str, out: str | Path) -> Path:
+    """Write `out`: the model's folder with float32 tensors stored as float16 (config, card kept).
+
+    Loaders copy weights into float32 modules, so the copy runs as before with every weight
+    rounded to fp16 (a new model: its hash and therefore its recipes differ).
+    """
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"{out} already exists", field="out", fix="pick a new folder")
+    registry = Registry()
+    entry = registry.get(str(name_or_path))
+    if entry.root.is_file():
+        raise ConfigError("needs a model folder with config.json", field="model",
+                          fix="pass an imagesynth model folder or name")
+    tensors = {key: value.to(torch.float16) if value.dtype == torch.float32 else value
+               for key, value in registry.load_state_dict(entry).items()}
+    card_path = entry.root / "CARD.md"
+    card = card_path.read_text() if card_path.is_file() else f"# {entry.name}\n"
+    return write_model_folder(out, tensors, entry.config(), card)
+
+
 def write_sums(folder: str | Path) -> dict[str, str]:
     """(Re)write a model folder's SHA256SUMS, e.g. after its card was edited."""
     folder = Path(folder)

@@ -79,3 +79,15 @@ def remove_model(name: str = typer.Argument(..., help="Registered model name."))
     """Forget a registered user model (files are kept)."""
     Registry().remove(name)
     console.print(f"removed {name} from the registry")
+
+
+@models_app.command("half")
+def half_model(name: str = typer.Argument(..., help="Model name or folder (an imagesynth model)."),
+               out: Path = typer.Option(..., help="Folder for the fp16 copy (must not exist).")
+               ) -> None:
+    """Copy a model with its float32 weights stored as float16: half the file; loaders upcast."""
+    from ..registry import half_precision_copy
+
+    folder = half_precision_copy(name, out)
+    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    console.print(f"[green]wrote[/] {folder} (weights {_megabytes(size)})")
