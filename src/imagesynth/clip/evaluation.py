@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from ..data.folder import CaptionedImageFolder
-from ..errors import ConfigError
 from ..data.shapes import HELD_OUT_PAIRS, PALETTE, SHAPES, Scene, ShapeObject, render_scene
+from ..errors import ConfigError
 from ..scorers import Scorer
 
 

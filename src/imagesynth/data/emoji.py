@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageColor
+from PIL import Image
 
 from ..config import to_dict
 from ..errors import ConfigError, DataError, ExternalToolError
 from ..io.files import sha256_file
-from ..io.images import open_image
+from ..io.images import open_image, parse_colour
 from ..paths import cache_dir
 from .card import BuildSummary, DatasetWriter, ProgressCallback, render_card
 
@@ -77,11 +77,7 @@ class EmojiPackage:
 
 def parse_background(text: str) -> tuple[int, int, int]:
     """An RGB colour from a name ("white") or "#RRGGBB"."""
-    try:
-        return ImageColor.getrgb(text)[:3]
-    except ValueError:
-        raise ConfigError(f"not a colour: {text!r}", field="background",
-                          fix="use a colour name such as white or a hex code like #808080") from None
+    return parse_colour(text, "background")
 
 
 def _cached_tarball(package: str, folder: Path) -> Path | None:

@@ -10,13 +10,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageColor
+from PIL import Image
 
 from .. import __version__
 from ..config import from_dict, to_dict
 from ..errors import ConfigError, IntegrityError, NumericError
 from ..io.files import sha256_file
-from ..io.images import open_image
+from ..io.images import open_image, parse_colour
 from ..io.pngmeta import save_png
 from ..scorers import Scorer
 from .cutouts import CutoutConfig, augmented_cutouts
@@ -143,12 +143,7 @@ def load_image_tensor(path: str, width: int, height: int, field_name: str) -> to
 
 def colour_rgb(text: str) -> tuple[float, float, float]:
     """A colour name or #rrggbb as RGB in [0, 1]."""
-    try:
-        rgb = ImageColor.getrgb(text.strip())
-    except ValueError:
-        raise ConfigError(f"{text!r} is not a colour", field="init_colour",
-                          fix='use a name such as "white" or a hex colour such as "#ffffff"') from None
-    return tuple(channel / 255.0 for channel in rgb[:3])
+    return tuple(channel / 255.0 for channel in parse_colour(text, "init_colour"))
 
 
 def parse_palette(colours: tuple[str, ...]) -> torch.Tensor | None:

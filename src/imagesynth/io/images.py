@@ -8,9 +8,9 @@ import warnings
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageColor, UnidentifiedImageError
 
-from ..errors import InputImageError, OversizedImageError
+from ..errors import ConfigError, InputImageError, OversizedImageError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 #: 64 megapixels: far above anything imagesynth makes, far below a decompression bomb
@@ -101,3 +101,12 @@ def image_size(source: ImageSource, *, field: str = "image",
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise InputImageError(f"{name} is not a readable {'/'.join(ALLOWED_FORMATS)} image",
                               field=field, fix="convert it to PNG, JPEG or WEBP") from None
+
+
+def parse_colour(text: str, field: str) -> tuple[int, int, int]:
+    """An RGB colour (0-255) from a name ("white") or "#RRGGBB"; a bad one names `field`."""
+    try:
+        return ImageColor.getrgb(text.strip())[:3]
+    except ValueError:
+        raise ConfigError(f"not a colour: {text!r}", field=field,
+                          fix="use a colour name such as white or a hex code like #808080") from None
