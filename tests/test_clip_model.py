@@ -51,9 +51,30 @@ def test_shared_captions_count_as_hits_in_batch_accuracy():
     assert with_ids == without and metrics["batch_accuracy"] == 1.0
 
 
+def test_linear_text_projection_is_one_matrix_and_saves_and_loads(tmp_path):
+    import dataclasses
+
+    from safetensors.torch import load_file, save_file
+
+    config = dataclasses.replace(TINY, text_hidden=0)
+    torch.manual_seed(0)
+    model = CLIPModel(config)
+    weights = [p for p in model.text_projection.parameters()]
+    assert [tuple(w.shape) for w in weights] == [(config.embed_dim, config.text_dim)]
+    text = torch.randn(3, 384)
+    expected = torch.nn.functional.normalize(text @ weights[0].T, dim=-1)
+    assert torch.allclose(model.encode_text_features(text), expected, atol=1e-6)
+    save_file(model.state_dict(), tmp_path / "m.safetensors")
+    restored = CLIPModel(config)
+    restored.load_state_dict(load_file(tmp_path / "m.safetensors"))
+    assert torch.equal(restored.encode_text_features(text), model.encode_text_features(text))
+
+
 def test_config_and_input_validation():
     with pytest.raises(ConfigError, match="multiple of 8"):
         CLIPConfig(image_size=30)
+    with pytest.raises(ConfigError, match="text_hidden"):
+        CLIPConfig(text_hidden=-1)
     with pytest.raises(ConfigError, match="images"):
         CLIPModel(TINY).encode_image(torch.rand(2, 1, 16, 16))
 
@@ -113,3 +134,12 @@ def test_training_errors_are_named(tmp_path):
         train_clip(tmp_path, tmp_path / "run", preset="huge")
     with pytest.raises(DataError):
         train_clip(tmp_path / "absent", tmp_path / "run", preset="tiny")
+
+
+def test_cli_text_projection_choice_is_checked(tmp_path, capsys):
+    from imagesynth.cli import run
+
+    code = run(["train", "clip", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
+                "--preset", "tiny", "--text-projection", "deep"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "text_projection" in err and len(err.splitlines()) == 1

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from ..errors import ConfigError
 from . import app
 
 train_app = typer.Typer(help="Train models (resumable: rerun the same command to continue).",
@@ -35,15 +36,21 @@ def train_clip_command(
     seed: int = typer.Option(0, help="Seed for initial weights, data order and caption choice."),
     val_data: Optional[Path] = typer.Option(None, help="Validation folder (default: the val split of --data)."),
     augment: bool = typer.Option(True, help="Random zoom/shift of training images."),
+    text_projection: str = typer.Option("mlp", help="mlp (preset's hidden layer) or linear (one matrix)."),
 ) -> None:
     """Train a CLIP (locked MiniLM text features + image tower) on a captioned folder."""
     from ..clip.training import train_clip
+
+    if text_projection not in ("mlp", "linear"):
+        raise ConfigError(f"unknown text projection {text_projection!r}", field="text_projection",
+                          fix="use mlp or linear")
 
     overrides = loop_overrides(precision=precision, seed=seed, max_steps=steps,
                                batch_size=batch_size, learning_rate=learning_rate,
                                max_minutes=max_minutes)
     result = train_clip(data, out, preset=preset, overrides=overrides, val_data=val_data,
-                        augment=augment)
+                        augment=augment,
+                        clip_overrides={"text_hidden": 0} if text_projection == "linear" else None)
     state = "finished" if result.stopped == "finished" else "paused (rerun to resume)"
     console.print(f"[green]{state}[/] after {result.steps} steps in {result.seconds:.0f} s; "
                   f"model written to {result.model_dir}")

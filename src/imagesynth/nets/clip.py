@@ -38,6 +38,7 @@ class CLIPConfig:
     embed_dim: int = 256
     text_encoder: str = "minilm"
     text_dim: int = 384
+    #: hidden width of the text projection MLP; 0 = a single linear map (keeps more of MiniLM)
     text_hidden: int = 512
     #: per-channel mean/std the image tower normalises with (inputs are RGB in [0, 1])
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -50,6 +51,8 @@ class CLIPConfig:
             raise ConfigError("must be a multiple of 8, at least 16", field="image_size")
         if not self.widths or min(self.widths) < 8:
             raise ConfigError("needs at least one stage of width >= 8", field="widths")
+        if self.text_hidden < 0:
+            raise ConfigError("must be >= 0 (0 = linear text projection)", field="text_hidden")
 
 
 class _Block(nn.Module):
@@ -100,11 +103,16 @@ class CLIPModel(nn.Module):
         self.config = config
         self.image_tower = ResNetImageTower(config)
         self.image_projection = nn.Linear(self.image_tower.out_dim, config.embed_dim, bias=False)
-        # A small MLP rather than one matrix: the locked text features need re-shaping, not
-        # just rotating, to match what pixels can tell apart.
-        self.text_projection = nn.Sequential(
-            nn.Linear(config.text_dim, config.text_hidden), nn.GELU(),
-            nn.Linear(config.text_hidden, config.embed_dim, bias=False))
+        # A small MLP by default: the locked text features need re-shaping, not just rotating,
+        # to match what pixels can tell apart. A single linear map (text_hidden=0) fits the
+        # training names less tightly and keeps more of MiniLM's sense of paraphrase.
+        if config.text_hidden:
+            self.text_projection = nn.Sequential(
+                nn.Linear(config.text_dim, config.text_hidden), nn.GELU(),
+                nn.Linear(config.text_hidden, config.embed_dim, bias=False))
+        else:
+            self.text_projection = nn.Sequential(
+                nn.Linear(config.text_dim, config.embed_dim, bias=False))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(1, 3, 1, 1),
                              persistent=False)
