@@ -114,6 +114,40 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         assert torch.equal(p, q)
 
 
+INTERRUPTED_RUN = textwrap.dedent("""
+    import os, signal, sys, json
+    sys.path.insert(0, {tests!r})
+    from test_train_loop import CONFIG, Pairs, make_model, objective
+    from imagesynth.train import TrainConfig, train
+
+    def interrupt(step, model, run_dir):
+        if step == 12:
+            os.kill(os.getpid(), signal.{signal})  # as Ctrl-C or a scheduler's TERM would
+
+    result = train(make_model(), Pairs(), objective, TrainConfig(**CONFIG, sample_every=1),
+                   {run!r}, on_sample=interrupt, show_progress=False)
+    print(json.dumps({{"step": result.step, "stopped": result.stopped}}))
+""")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_interrupt_checkpoints_the_current_step_and_resumes_exactly(tmp_path, signal_name):
+    script = INTERRUPTED_RUN.format(tests=os.path.dirname(__file__), signal=signal_name,
+                                    run=str(tmp_path / "stopped"))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"step": 12, "stopped": "interrupted"}
+    done = sorted(p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir())
+    assert done[-1] == "step_00000012"  # nothing after the last checkpoint is lost
+    resumed = train(make_model(), Pairs(), objective, TrainConfig(**CONFIG),
+                    tmp_path / "stopped", show_progress=False)
+    straight = train(make_model(), Pairs(), objective, TrainConfig(**CONFIG), tmp_path / "ref",
+                     show_progress=False)
+    assert losses(tmp_path / "stopped") == losses(tmp_path / "ref")
+    for p, q in zip(resumed.ema.parameters(), straight.ema.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_incomplete_newest_checkpoint_is_ignored(tmp_path):
     train(make_model(), Pairs(), objective, TrainConfig(**CONFIG), tmp_path / "r",
           stop_after=10, show_progress=False)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +139,7 @@ class TrainResult:
     """What a run did: the step reached, why it stopped, and the last logged metrics."""
 
     step: int
-    stopped: Literal["finished", "time_budget"]
+    stopped: Literal["finished", "time_budget", "interrupted"]
     run_dir: Path
     last_metrics: dict[str, float]
     ema: torch.nn.Module | None
@@ -183,7 +185,8 @@ def train(model: torch.nn.Module, dataset: Sequence, objective: Objective, confi
 
     `on_sample(step, ema_or_model, run_dir)` writes sample grids; `on_eval(step, ema_or_model)`
     returns validation metrics that are logged. `stop_after` ends the run early after that
-    many steps in this call (a checkpoint is written), as a time budget would.
+    many steps in this call (a checkpoint is written), as a time budget would. Ctrl-C or
+    SIGTERM also checkpoint after the current step and return with `stopped="interrupted"`.
     """
     run_dir = Path(run_dir)
     device = device or default_device()
@@ -232,7 +235,7 @@ def train(model: torch.nn.Module, dataset: Sequence, objective: Objective, confi
     progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                         TimeRemainingColumn(), disable=not show_progress)
-    with progress, log_path.open("a") as log:
+    with progress, log_path.open("a") as log, _StopRequests() as stop_requests:
         task = progress.add_task("train", total=config.max_steps, completed=start_step,
                                  status="")
         for batch in loader:
@@ -280,13 +283,44 @@ def train(model: torch.nn.Module, dataset: Sequence, objective: Objective, confi
                 on_sample(step, ema if ema is not None else model, run_dir)
             out_of_time = deadline is not None and time.monotonic() > deadline
             stop_now = stop_after is not None and step - start_step >= stop_after
+            interrupted = stop_requests.requested is not None
             if step % config.checkpoint_every == 0 or step == config.max_steps or \
-                    out_of_time or stop_now:
+                    out_of_time or stop_now or interrupted:
                 checkpoint()
+            if interrupted and step < config.max_steps:
+                stopped = "interrupted"
+                break
             if out_of_time or stop_now:
                 stopped = "time_budget"
                 break
     return TrainResult(step, stopped, run_dir, last, ema)
+
+
+class _StopRequests:
+    """Ctrl-C / SIGTERM ask the loop to checkpoint after the current step and stop.
+
+    A second Ctrl-C interrupts at once (losing only the steps since the last checkpoint).
+    Handlers are installed only in the main thread, where Python allows it.
+    """
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 # Settings that may change between a run and its resumption without changing the maths.
