@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--cutouts", type=int, default=16)
     parser.add_argument("--cells", type=int, default=8)
     parser.add_argument("--tv-weight", type=float, default=0.0)
+    parser.add_argument("--cutout-jitter", type=float, default=0.0, help="random zoom/shift per cutout")
     parser.add_argument("--limit", type=int, default=None,
                         help="only the first N colour-shape prompts (for a quick look)")
     args = parser.parse_args()
@@ -50,7 +51,8 @@ def main() -> None:
     prompts = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES][:args.limit]
     report: dict = {"benchmark": "dream_shapes", "clip": args.clip, "size": args.size,
                     "steps": args.steps, "cutouts": args.cutouts, "lr": args.lr,
-                    "tv_weight": args.tv_weight, "init_colour": args.init_colour,
+                    "tv_weight": args.tv_weight, "cutout_jitter": args.cutout_jitter,
+                    "init_colour": args.init_colour,
                     "init_noise": args.init_noise,
                     "decoder": args.decoder, "diffusion_model": args.diffusion_model, "seeds": args.seeds,
                     "prompts": len(prompts), "drawers": {}}
@@ -68,7 +70,7 @@ def main() -> None:
                                      diffusion_model=args.diffusion_model,
                                      learning_rate=args.lr, eval_every=args.steps,
                                      init_colour=args.init_colour, init_noise=args.init_noise,
-                                     **extra)
+                                     cutout_jitter=args.cutout_jitter, **extra)
                 result = check(dream(config, scorer=scorer, decoder=decoder).image, prompt)
                 runs += 1
                 for key in counts:

@@ -136,6 +136,29 @@ def test_cutouts_are_seeded_and_shared_across_the_batch():
         CutoutConfig(count=0)
 
 
+def test_cutout_jitter_zooms_and_shifts_each_cutout_and_is_seeded():
+    # a centred bright square on black: zoom/shift moves its edges, never invents new values
+    image = torch.zeros(2, 3, 32, 32)
+    image[:, :, 12:20, 12:20] = 1.0
+    plain = CutoutConfig(count=8, noise=0.0, flip=False)
+    jittered = CutoutConfig(count=8, noise=0.0, flip=False, jitter=0.3)
+    base = augmented_cutouts(image, 32, plain, _gen(3))
+    a = augmented_cutouts(image, 32, jittered, _gen(3))
+    b = augmented_cutouts(image, 32, jittered, _gen(3))
+    assert torch.equal(a, b) and a.shape == base.shape
+    assert torch.equal(a[0::2], a[1::2])  # both images of the batch share each cutout's draw
+    moved = [not torch.allclose(a[i], base[i], atol=1e-4) for i in range(0, 16, 2)]
+    assert all(moved)
+    assert a.min() >= -1e-6 and a.max() <= 1 + 1e-6  # bilinear resampling stays in range
+    # zooming in never shrinks the square: its bright area grows or stays
+    assert ((a > 0.5).float().sum(dim=(1, 2, 3)) >= (base > 0.5).float().sum(dim=(1, 2, 3)) * 0.9).all()
+    image.requires_grad_(True)
+    augmented_cutouts(image, 32, jittered, _gen(3)).sum().backward()
+    assert image.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="cutout_jitter"):
+        CutoutConfig(jitter=0.8)
+
+
 def test_prompt_parsing_weights_negatives_styles_and_images():
     targets = parse_prompts("a red apple:1 | blurry:-0.5 | ratio: golden", ["cat.png:0.5"],
                             style="unreal")

@@ -36,6 +36,7 @@ def dream(
     cutouts: int = typer.Option(32, help="Augmented cutouts scored per step."),
     cut_power: float = typer.Option(1.0, help="Cutout size exponent (>1: smaller cutouts)."),
     cutout_noise: float = typer.Option(0.05, help="Noise added to cutouts."),
+    cutout_jitter: float = typer.Option(0.0, help="Random zoom/shift of each cutout, 0-0.5 (e.g. 0.1)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (drawer default if omitted)."),
     seed: int = typer.Option(0, help="Seed for the drawer's start and every cutout."),
     init_image: Optional[Path] = typer.Option(None, help="Start from this image (PNG/JPEG/WEBP)."),
@@ -73,6 +74,7 @@ def dream(
     config = from_dict(DreamConfig, {
         "prompt": prompt, "drawer": drawer, "steps": steps, "width": width, "height": height,
         "cutouts": cutouts, "cut_power": cut_power, "cutout_noise": cutout_noise,
+        "cutout_jitter": cutout_jitter,
         "learning_rate": lr, "seed": seed,
         "init_image": str(init_image) if init_image else None,
         "init_colour": init_colour, "init_noise": init_noise,

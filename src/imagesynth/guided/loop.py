@@ -45,6 +45,7 @@ class DreamConfig:
     cutouts: int = 32
     cut_power: float = 1.0
     cutout_noise: float = 0.05
+    cutout_jitter: float = 0.0  # random zoom/shift of each cutout (0 = off)
     flip: bool = True
     learning_rate: float | None = None  # None: the drawer's default
     seed: int = 0
@@ -103,7 +104,8 @@ class DreamConfig:
         if self.drawer == "diffusion-latent" and (self.init_image or self.init_colour):
             raise no_init_image_error()
         check_options(self.diffusion_steps, self.diffusion_sampler, self.diffusion_guidance)
-        CutoutConfig(self.cutouts, self.cut_power, self.cutout_noise, self.flip)  # validates
+        CutoutConfig(self.cutouts, self.cut_power, self.cutout_noise, self.flip,
+                     self.cutout_jitter)  # validates
 
     @property
     def lr(self) -> float:
@@ -269,7 +271,8 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
                 parameter.add_(config.init_noise * torch.randn(
                     parameter.shape, generator=init_generator).to(parameter))
     cut_generator = torch.Generator().manual_seed(cutout_seed)
-    cut_config = CutoutConfig(config.cutouts, config.cut_power, config.cutout_noise, config.flip)
+    cut_config = CutoutConfig(config.cutouts, config.cut_power, config.cutout_noise, config.flip,
+                              config.cutout_jitter)
     cut_size = scorer_input_size(scorer)
 
     editing = config.edit_to is not None
