@@ -178,3 +178,45 @@ def test_coordinate_channels_tell_the_unet_where_it_is():
     assert out.shape == (2, 3, 16, 16)
     plain = build_unet(unet_config("tiny"))  # configs saved before the option load unchanged
     assert plain.coordinate_channels == 0 and plain.config["in_channels"] == 3
+
+
+def test_fine_tuning_starts_from_a_model_and_may_add_coordinate_channels(shapes16, tmp_path, minilm):
+    from imagesynth.diffusion.finetune import initialise_from
+    from imagesynth.nets.unet import TextConditionedUNet
+
+    base = train_diffusion(shapes16, tmp_path / "base", preset="tiny", show_progress=False,
+                           text_encoder=minilm, overrides=dict(max_steps=2, batch_size=4))
+    trained = load_weights(base.model_dir / "model.safetensors")
+    # Same architecture: the run's step-0 weights are the model's (EMA copies them, too).
+    tuned = train_diffusion(shapes16, tmp_path / "tuned", preset="tiny", show_progress=False,
+                            text_encoder=minilm, init_from=str(base.model_dir),
+                            overrides=dict(max_steps=1, batch_size=4, learning_rate=1e-12,
+                                           warmup_steps=0))
+    config = json.loads((tuned.model_dir / "config.json").read_text())
+    assert config["init_from"]["spec"] == str(base.model_dir) and config["init_from"]["sha256"]
+    after = load_weights(tuned.model_dir / "model.safetensors")
+    assert all(torch.allclose(after[k], trained[k], atol=1e-8) for k in trained)  # lr ~ 0
+    # Widened input: old channels keep their filters, coordinate channels start at zero, so
+    # the widened network computes what the old one did.
+    settings = unet_config("tiny", sample_size=16, coordinates=True)
+    wide = TextConditionedUNet(settings)
+    initialise_from(wide, str(base.model_dir), text_encoder="minilm", image_size=16, channels=3,
+                    sample_size=16, autoencoder_sha256=None)
+    narrow = build_unet(unet_config("tiny", sample_size=16))
+    narrow.load_state_dict(trained)
+    assert torch.equal(wide.state_dict()["unet.conv_in.weight"][:, 3:], torch.zeros(16, 2, 3, 3))
+    x, c_noise, text = torch.randn(2, 3, 16, 16), torch.zeros(2), torch.randn(2, 5, 384)
+    with torch.no_grad():
+        assert torch.allclose(wide(x, c_noise, text), narrow(x, c_noise, text), atol=1e-5)
+    # Incompatible models are one-line errors naming the field.
+    with pytest.raises(ConfigError, match="image size") as size:
+        initialise_from(wide, str(base.model_dir), text_encoder="minilm", image_size=32,
+                        channels=3, sample_size=32, autoencoder_sha256=None)
+    assert size.value.field == "init_from"
+    with pytest.raises(ConfigError, match="autoencoder"):
+        initialise_from(wide, str(base.model_dir), text_encoder="minilm", image_size=16,
+                        channels=3, sample_size=16, autoencoder_sha256="ab" * 32)
+    other = build_unet(unet_config("tiny", sample_size=16, widths=(8, 16), norm_groups=4))
+    with pytest.raises(ConfigError, match="init_from|different UNet|needs"):
+        initialise_from(other, str(base.model_dir), text_encoder="minilm", image_size=16,
+                        channels=3, sample_size=16, autoencoder_sha256=None)

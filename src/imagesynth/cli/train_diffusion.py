@@ -23,6 +23,7 @@ def train_diffusion_command(
     precision: str = typer.Option("fp32", help="fp32, bf16 (CPU/GPU autocast) or fp16 (CUDA)."),
     sample_every: Optional[int] = typer.Option(None, help="Write a sample grid to RUN/samples every N steps."),
     seed: int = typer.Option(0, help="Seed for initial weights, data order, noise and caption dropout."),
+    init_from: Optional[str] = typer.Option(None, help="Fine-tune: start from this diffusion model's weights (name or folder)."),
 ) -> None:
     """Train a text-conditioned EDM diffusion model (pixel or latent space) with the shared loop."""
     from ..diffusion.training import train_diffusion
@@ -30,7 +31,8 @@ def train_diffusion_command(
     overrides = loop_overrides(precision=precision, seed=seed, max_steps=steps,
                                batch_size=batch_size, learning_rate=learning_rate,
                                max_minutes=max_minutes, sample_every=sample_every)
-    result = train_diffusion(data, out, preset=preset, overrides=overrides, autoencoder=autoencoder)
+    result = train_diffusion(data, out, preset=preset, overrides=overrides, autoencoder=autoencoder,
+                             init_from=init_from)
     state = "finished" if result.stopped == "finished" else "paused (rerun the same command to resume)"
     loss = result.metrics.get("loss")
     console.print(f"[green]{state}[/] after {result.steps} steps in {result.seconds:.0f} s"

@@ -242,12 +242,13 @@ def train_diffusion(data: str | Path, out: str | Path, preset: str = "shapes",
                     autoencoder: str | nn.Module | None = None, autoencoder_hash: str | None = None,
                     sample_prompts: list[str] | None = None, stop_after: int | None = None,
                     show_progress: bool = True, resume: bool = True,
-                    text_encoder=None) -> FamilyRunResult:
+                    text_encoder=None, init_from: str | None = None) -> FamilyRunResult:
     """Train a text-to-image diffusion model on `data` into `out`; write `out/model/` at the end.
 
     `autoencoder` (a registry name/path, or a loaded module with `autoencoder_hash` for tests)
     switches to latent diffusion (the UNet takes the latents' channels and size).
     `text_encoder` reuses an already loaded encoder named like the config's `text_encoder`.
+    `init_from` (a diffusion model name/path) starts from its weights instead of random ones.
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}", field="preset",
@@ -290,6 +291,15 @@ def train_diffusion(data: str | Path, out: str | Path, preset: str = "shapes",
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(config.seed)
         network = build_unet(unet_settings)
+    init_info = None
+    if init_from is not None:
+        from .finetune import initialise_from
+
+        init_info = initialise_from(
+            network, init_from, text_encoder=model_config.text_encoder,
+            image_size=model_config.image_size, channels=int(samples.shape[1]),
+            sample_size=int(samples.shape[-1]),
+            autoencoder_sha256=latent_info["sha256"] if latent_info else None)
     denoiser = EDMDenoiser(network, sigma_data=model_config.sigma_data)
     objective = DiffusionObjective(text, model_config.condition_dropout, latent_info is not None)
     prompts = [p for p in (sample_prompts or captions[:8]) if p in text.index][:16]
@@ -305,7 +315,8 @@ def train_diffusion(data: str | Path, out: str | Path, preset: str = "shapes",
                    "sigma_data": model_config.sigma_data, "text_encoder": model_config.text_encoder,
                    "image_size": model_config.image_size, "channels": samples.shape[1],
                    "sample_size": samples.shape[-1], "autoencoder": latent_info,
-                   "train": to_dict(config), "data": Path(data).name, "preset": preset}
+                   "train": to_dict(config), "data": Path(data).name, "preset": preset,
+                   "init_from": init_info}
     # Written before training so a mid-run checkpoint can be exported as a model (export_checkpoint).
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RUN_MODEL_CONFIG, json.dumps(base_config, indent=2))
