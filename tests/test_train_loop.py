@@ -99,19 +99,24 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
+def assert_resuming_matches_an_uninterrupted_run(tmp_path, run_name):
+    """Finish the run in tmp_path/run_name and compare it with a straight run."""
+    resumed = train(make_model(), Pairs(), objective, TrainConfig(**CONFIG),
+                    tmp_path / run_name, show_progress=False)
+    straight = train(make_model(), Pairs(), objective, TrainConfig(**CONFIG), tmp_path / "ref",
+                     show_progress=False)
+    assert losses(tmp_path / run_name) == losses(tmp_path / "ref")
+    for p, q in zip(resumed.ema.parameters(), straight.ema.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     script = KILLED_RUN.format(tests=os.path.dirname(__file__), run=str(tmp_path / "killed"))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     done = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
     assert done == ["step_00000005", "step_00000010"]
-    resumed = train(make_model(), Pairs(), objective, TrainConfig(**CONFIG),
-                    tmp_path / "killed", show_progress=False)
-    straight = train(make_model(), Pairs(), objective, TrainConfig(**CONFIG), tmp_path / "ref",
-                     show_progress=False)
-    assert losses(tmp_path / "killed") == losses(tmp_path / "ref")
-    for p, q in zip(resumed.ema.parameters(), straight.ema.parameters()):
-        assert torch.equal(p, q)
+    assert_resuming_matches_an_uninterrupted_run(tmp_path, "killed")
 
 
 INTERRUPTED_RUN = textwrap.dedent("""
@@ -139,13 +144,7 @@ def test_interrupt_checkpoints_the_current_step_and_resumes_exactly(tmp_path, si
     assert json.loads(proc.stdout.splitlines()[-1]) == {"step": 12, "stopped": "interrupted"}
     done = sorted(p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir())
     assert done[-1] == "step_00000012"  # nothing after the last checkpoint is lost
-    resumed = train(make_model(), Pairs(), objective, TrainConfig(**CONFIG),
-                    tmp_path / "stopped", show_progress=False)
-    straight = train(make_model(), Pairs(), objective, TrainConfig(**CONFIG), tmp_path / "ref",
-                     show_progress=False)
-    assert losses(tmp_path / "stopped") == losses(tmp_path / "ref")
-    for p, q in zip(resumed.ema.parameters(), straight.ema.parameters()):
-        assert torch.equal(p, q)
+    assert_resuming_matches_an_uninterrupted_run(tmp_path, "stopped")
 
 
 def test_incomplete_newest_checkpoint_is_ignored(tmp_path):

@@ -301,8 +301,7 @@ def load_pipeline(name_or_path: str = "emoji", *, autoencoder=None, text_encoder
                                  "not a diffusion model", field="model",
                                  fix="pick a diffusion model from `imagesynth models list`")
     state = registry.load_state_dict(entry)
-    weights = [rel for rel in sorted(entry.files) if rel.endswith(".safetensors")]
-    model_hash = entry.files[weights[0]] if weights else ""
+    model_hash = entry.weights_sha256 or ""
     latent = config.get("autoencoder")
     if latent and autoencoder is None:
         from .diffusion.training import load_autoencoder_spec

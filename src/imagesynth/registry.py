@@ -44,6 +44,12 @@ class ModelEntry:
         """The folder (or single file) of the model."""
         return Path(self.path)
 
+    @property
+    def weights_sha256(self) -> str | None:
+        """The recorded hash of the model's (first) safetensors file: what recipes pin."""
+        weights = [rel for rel in sorted(self.files) if rel.endswith(".safetensors")]
+        return self.files[weights[0]] if weights else None
+
     def config(self) -> dict:
         """The model's `config.json` (empty for a bare weights file)."""
         config_path = self.root / "config.json"

@@ -60,8 +60,7 @@ def initialise_from(network: nn.Module, spec: str, *, text_encoder: str, image_s
                                   f"{tuple(tensor.shape)}", field="init_from",
                                   fix="use the preset the model was trained with, or one that "
                                       "only adds input channels")
-    weights = [rel for rel in entry.files if rel.endswith(".safetensors")]
-    return {"spec": spec, "sha256": entry.files[weights[0]] if weights else None}
+    return {"spec": spec, "sha256": entry.weights_sha256}
 
 
 def _widened_input(key: str, theirs: torch.Size, ours: torch.Size) -> bool:

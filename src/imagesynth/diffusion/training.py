@@ -166,8 +166,7 @@ def load_autoencoder_spec(spec: str) -> tuple[nn.Module, str]:
     from ..nets.autoencoder import load_autoencoder  # built by the autoencoder family
 
     entry = Registry().get(spec)
-    weights = [rel for rel in sorted(entry.files) if rel.endswith(".safetensors")]
-    digest = entry.files[weights[0]] if weights else sha256_file(entry.root)
+    digest = entry.weights_sha256 or sha256_file(entry.root)
     return load_autoencoder(spec), digest
 
 

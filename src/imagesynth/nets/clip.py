@@ -106,13 +106,10 @@ class CLIPModel(nn.Module):
         # A small MLP by default: the locked text features need re-shaping, not just rotating,
         # to match what pixels can tell apart. A single linear map (text_hidden=0) fits the
         # training names less tightly and keeps more of MiniLM's sense of paraphrase.
-        if config.text_hidden:
-            self.text_projection = nn.Sequential(
-                nn.Linear(config.text_dim, config.text_hidden), nn.GELU(),
-                nn.Linear(config.text_hidden, config.embed_dim, bias=False))
-        else:
-            self.text_projection = nn.Sequential(
-                nn.Linear(config.text_dim, config.embed_dim, bias=False))
+        hidden = ([nn.Linear(config.text_dim, config.text_hidden), nn.GELU()]
+                  if config.text_hidden else [])
+        self.text_projection = nn.Sequential(
+            *hidden, nn.Linear(config.text_hidden or config.text_dim, config.embed_dim, bias=False))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(1, 3, 1, 1),
                              persistent=False)
