@@ -29,12 +29,28 @@ from imagesynth.metrics.evaluate import compute_metrics, extract_features
 from imagesynth.metrics.extractors import clip_extractor
 
 
-def emoji_names(folder: Path, style: str) -> tuple[list[str], list[str]]:
-    """(sorted distinct names of `style`, image files of that style) from captions.jsonl."""
+def style_records(folder: Path, style: str) -> list[dict]:
+    """The captions.jsonl records of one style (file, name, category, ...)."""
     records = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()
                if line.strip()]
-    chosen = [r for r in records if r.get("style") == style]
-    return sorted({r["name"] for r in chosen}), [r["file"] for r in chosen]
+    return [r for r in records if r.get("style") == style]
+
+
+def ranks_of_targets(image_emb: torch.Tensor, label_emb: torch.Tensor,
+                     targets: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each image's true label among all labels (0 = best match)."""
+    similarity = image_emb @ label_emb.T
+    return (similarity > similarity.gather(1, targets[:, None])).sum(dim=1)
+
+
+def top5_by_category(ranks: torch.Tensor, chosen: list[str],
+                     categories: dict[str, str]) -> dict[str, dict]:
+    """Per emoji category: how many generations and the fraction with the true name in the top 5."""
+    groups: dict[str, list[int]] = {}
+    for name, rank in zip(chosen, ranks.tolist()):
+        groups.setdefault(categories[name], []).append(rank)
+    return {category: {"n": len(r), "top5": round(sum(x < 5 for x in r) / len(r), 3)}
+            for category, r in sorted(groups.items())}
 
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
@@ -75,9 +91,13 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--sheet", type=Path, help="write a contact sheet PNG of --sheet-count prompts")
     parser.add_argument("--sheet-count", type=int, default=64)
+    parser.add_argument("--save-dir", type=Path, help="also save every generation here as PNG")
     args = parser.parse_args()
 
-    names, files = emoji_names(args.data, args.style)
+    records = style_records(args.data, args.style)
+    names = sorted({r["name"] for r in records})
+    name_of_file = {r["file"]: r["name"] for r in records}
+    categories = {r["name"]: r.get("category") or "?" for r in records}
     if not names:
         parser.error(f"no emoji of style {args.style!r} in {args.data}")
     targets_all = {name: i for i, name in enumerate(names)}
@@ -98,14 +118,25 @@ def main() -> None:
     size = scorer.model.config.image_size
     if generated.shape[-1] != size:
         generated = torch.nn.functional.interpolate(generated, size=(size, size), mode="area")
-    ranks = topk_accuracy(embed_images(scorer, generated),
-                          embed_labels(scorer, names, [args.template]),
-                          torch.tensor([targets_all[n] for n in chosen]))
+    image_emb = embed_images(scorer, generated)
+    label_emb = embed_labels(scorer, names, [args.template])
+    targets = torch.tensor([targets_all[n] for n in chosen])
+    ranks = topk_accuracy(image_emb, label_emb, targets)
+    by_category = top5_by_category(ranks_of_targets(image_emb, label_emb, targets), chosen,
+                                   categories)
+    if args.save_dir:
+        args.save_dir.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            image.save(args.save_dir / f"{i:04d}.png")
 
     reference_folder = CaptionedImageFolder(args.data, resolution=size)
-    keep = set(files)
-    reference = torch.stack([(reference_folder[i]["image"] + 1) / 2
-                             for i, item in enumerate(reference_folder.items) if item.file in keep])
+    reference_items = [(i, item) for i, item in enumerate(reference_folder.items)
+                       if item.file in name_of_file]
+    reference = torch.stack([(reference_folder[i]["image"] + 1) / 2 for i, _ in reference_items])
+    # The same ranking for the real images: the ceiling the generations are measured against.
+    reference_ranks = topk_accuracy(
+        embed_images(scorer, reference), label_emb,
+        torch.tensor([targets_all[name_of_file[item.file]] for _, item in reference_items]))
     extractor = clip_extractor(args.clip)
     features_gen, _ = extract_features(generated, extractor)
     features_ref, _ = extract_features(reference, extractor)
@@ -121,7 +152,8 @@ def main() -> None:
     print(json.dumps({"benchmark": "generate_emoji", "model": args.model, "clip": args.clip,
                       "style": args.style, "template": args.template, "classes": len(names),
                       "generations": len(images), "seed": 0,
-                      "clip_rank": ranks, "metrics": metrics,
+                      "clip_rank": ranks, "top5_by_category": by_category,
+                      "reference_clip_rank": reference_ranks, "metrics": metrics,
                       "reference_images": len(reference),
                       "generation_seconds": round(generation_seconds, 1),
                       "sheet": str(args.sheet) if args.sheet else None}, indent=2))

@@ -57,3 +57,30 @@ def test_bundled_shapes_autoencoder_reconstructs_a_scene(shapes_folder):
         restored = autoencoder.decode(autoencoder.encode(images)).clamp(-1, 1)
     mse = ((restored - images) / 2).pow(2).mean()
     assert 10 * torch.log10(1 / mse) > 30
+
+
+EMOJI_NAMES = ("red apple", "banana", "fire", "ghost", "rocket", "slice of pizza", "snowman",
+               "carrot", "palm tree", "grinning face", "loudly crying face", "sparkling heart",
+               "thumbs up sign", "white medium star", "dog face", "closed umbrella")
+
+
+@pytest.mark.skipif("emoji" not in BUNDLED, reason="the emoji model is not bundled")
+def test_bundled_emoji_model_draws_recognisable_emoji(minilm):
+    """16 distinct emoji, seed 0: emoji-clip finds the prompt's name in its top 3 of the 16 names
+    at least twice as often as chance (3 of 16); the bundled model scores 8."""
+    import numpy as np
+    import torch
+
+    from imagesynth.clip import load_clip
+    from imagesynth.clip.evaluation import embed_images, embed_labels
+    from imagesynth.pipeline import load_pipeline
+
+    pipe = load_pipeline("emoji", text_encoder=minilm)
+    images = pipe([f"{name}, twitter style" for name in EMOJI_NAMES], seed=[0] * 16).images
+    assert {image.size for image in images} == {(64, 64)}
+    pixels = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in images])
+    clip = load_clip("emoji-clip", text_encoder=minilm)
+    similarity = embed_images(clip, pixels.float() / 255) @ embed_labels(
+        clip, list(EMOJI_NAMES), ["{}"]).T
+    ranks = (similarity > similarity.diagonal()[:, None]).sum(dim=1)
+    assert int((ranks < 3).sum()) >= 6, f"ranks of the true names: {ranks.tolist()}"
