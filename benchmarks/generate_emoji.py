@@ -23,7 +23,8 @@ from PIL import Image, ImageDraw
 
 import imagesynth
 from imagesynth.clip import load_clip
-from imagesynth.clip.evaluation import embed_images, embed_labels, topk_accuracy
+from imagesynth.clip.evaluation import (embed_images, embed_labels, target_ranks,
+                                         topk_accuracy)
 from imagesynth.data.folder import CaptionedImageFolder
 from imagesynth.metrics.evaluate import compute_metrics, extract_features
 from imagesynth.metrics.extractors import clip_extractor
@@ -34,13 +35,6 @@ def style_records(folder: Path, style: str) -> list[dict]:
     records = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()
                if line.strip()]
     return [r for r in records if r.get("style") == style]
-
-
-def ranks_of_targets(image_emb: torch.Tensor, label_emb: torch.Tensor,
-                     targets: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each image's true label among all labels (0 = best match)."""
-    similarity = image_emb @ label_emb.T
-    return (similarity > similarity.gather(1, targets[:, None])).sum(dim=1)
 
 
 def top5_by_category(ranks: torch.Tensor, chosen: list[str],
@@ -122,7 +116,7 @@ def main() -> None:
     label_emb = embed_labels(scorer, names, [args.template])
     targets = torch.tensor([targets_all[n] for n in chosen])
     ranks = topk_accuracy(image_emb, label_emb, targets)
-    by_category = top5_by_category(ranks_of_targets(image_emb, label_emb, targets), chosen,
+    by_category = top5_by_category(target_ranks(image_emb, label_emb, targets), chosen,
                                    categories)
     if args.save_dir:
         args.save_dir.mkdir(parents=True, exist_ok=True)

@@ -34,10 +34,15 @@ def embed_labels(scorer: Scorer, labels: list[str], templates: list[str]) -> tor
 def topk_accuracy(image_emb: torch.Tensor, label_emb: torch.Tensor, targets: torch.Tensor,
                   ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """Fraction of images whose true label ranks within the top k."""
-    similarity = image_emb @ label_emb.T
-    true = similarity.gather(1, targets[:, None])
-    rank = (similarity > true).sum(dim=1)
+    rank = target_ranks(image_emb, label_emb, targets)
     return {f"top{k}": float((rank < k).float().mean()) for k in ks}
+
+
+def target_ranks(image_emb: torch.Tensor, label_emb: torch.Tensor,
+                 targets: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each image's true label among all labels (0 = the best match)."""
+    similarity = image_emb @ label_emb.T
+    return (similarity > similarity.gather(1, targets[:, None])).sum(dim=1)
 
 
 def _folder_images(folder: CaptionedImageFolder) -> torch.Tensor:
