@@ -98,16 +98,22 @@ def main() -> None:
     chosen = names[:args.limit]
     prompts = [f"{name}, {args.style} style" for name in chosen]
     pipe = imagesynth.load(args.model)
+    scorer = load_clip(args.clip)  # before the long generation, so a bad --clip fails at once
+    if args.save_dir:
+        args.save_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     images: list[Image.Image] = []
     for start in range(0, len(prompts), args.batch):
         batch = prompts[start:start + args.batch]
-        images += pipe(batch, seed=[0] * len(batch), num_steps=args.steps,
-                       guidance_scale=args.guidance).images
+        made = pipe(batch, seed=[0] * len(batch), num_steps=args.steps,
+                    guidance_scale=args.guidance).images
+        if args.save_dir:  # kept as they come, so an interrupted run still leaves its images
+            for i, image in enumerate(made, start=len(images)):
+                image.save(args.save_dir / f"{i:04d}.png")
+        images += made
         print(f"generated {len(images)}/{len(prompts)}", file=sys.stderr, flush=True)
     generation_seconds = time.perf_counter() - started
 
-    scorer = load_clip(args.clip)
     generated = to_tensor(images)
     size = scorer.model.config.image_size
     if generated.shape[-1] != size:
@@ -118,11 +124,6 @@ def main() -> None:
     ranks = topk_accuracy(image_emb, label_emb, targets)
     by_category = top5_by_category(target_ranks(image_emb, label_emb, targets), chosen,
                                    categories)
-    if args.save_dir:
-        args.save_dir.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(images):
-            image.save(args.save_dir / f"{i:04d}.png")
-
     reference_folder = CaptionedImageFolder(args.data, resolution=size)
     reference_items = [(i, item) for i, item in enumerate(reference_folder.items)
                        if item.file in name_of_file]

@@ -67,7 +67,7 @@ EMOJI_NAMES = ("red apple", "banana", "fire", "ghost", "rocket", "slice of pizza
 @pytest.mark.skipif("emoji" not in BUNDLED, reason="the emoji model is not bundled")
 def test_bundled_emoji_model_draws_recognisable_emoji(minilm):
     """16 distinct emoji, seed 0: emoji-clip finds the prompt's name in its top 3 of the 16 names
-    at least twice as often as chance (3 of 16); the bundled model scores 8."""
+    for at least 10 of them (chance is 3); the bundled model scores 13 (13 ranked first)."""
     import torch
 
     from imagesynth.apps.embedding import image_to_tensor
@@ -81,4 +81,4 @@ def test_bundled_emoji_model_draws_recognisable_emoji(minilm):
     clip = load_clip("emoji-clip", text_encoder=minilm)
     ranks = target_ranks(embed_images(clip, torch.stack([image_to_tensor(i) for i in images])),
                          embed_labels(clip, list(EMOJI_NAMES), ["{}"]), torch.arange(16))
-    assert int((ranks < 3).sum()) >= 6, f"ranks of the true names: {ranks.tolist()}"
+    assert int((ranks < 3).sum()) >= 10, f"ranks of the true names: {ranks.tolist()}"

@@ -143,3 +143,17 @@ def test_cli_text_projection_choice_is_checked(tmp_path, capsys):
                 "--preset", "tiny", "--text-projection", "deep"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "text_projection" in err and len(err.splitlines()) == 1
+
+
+def test_cli_weight_decay_reaches_the_optimiser_settings(tmp_path, monkeypatch, minilm,
+                                                         shapes_folder):
+    import json
+
+    import imagesynth.text
+    from imagesynth.cli import run
+
+    monkeypatch.setattr(imagesynth.text, "load_text_encoder", lambda *a, **k: minilm)
+    code = run(["train", "clip", "--data", str(shapes_folder(16)), "--out", str(tmp_path / "r"),
+                "--preset", "tiny", "--steps", "2", "--weight-decay", "0.1"])
+    assert code == 0
+    assert json.loads((tmp_path / "r" / "train_config.json").read_text())["weight_decay"] == 0.1

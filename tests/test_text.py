@@ -106,3 +106,18 @@ def test_clip_text_tower_from_local_folder(tmp_path, with_projection):
     assert torch.allclose(out.pooled, expected_pooled, atol=1e-6)
     cached = CachedTextEncoder(encoder)(["a red apple", "blue car"])
     assert torch.equal(cached.states, out.states)  # padding states survive the cache
+
+
+def test_bert_folder_of_another_width_reports_its_own_state_size(tmp_path, minilm):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    minilm.tokenizer.save_pretrained(tmp_path / "bert")
+    encoder = load_text_encoder(str(tmp_path / "bert"))
+    assert encoder.state_dim == encoder.pooled_dim == 32
+    direct = encoder(["a red apple", "blue car"])
+    assert direct.states.shape[-1] == 32 and direct.pooled.shape == (2, 32)
+    cached = CachedTextEncoder(encoder, db_path=tmp_path / "emb.sqlite")(["a red apple", "blue car"])
+    assert torch.equal(cached.states, direct.states)

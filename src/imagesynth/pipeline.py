@@ -246,11 +246,11 @@ class DiffusionPipeline:
         denoiser = self.guided_denoiser(prompts, negative_prompt, guidance_scale)
         generators = generators_from_seeds(seeds)
         channels, side, _ = self.sample_shape
-        template = torch.empty(len(seeds), channels, side, side)
+        template = torch.empty(len(seeds), channels, side, side, device=self.device)
 
         if x0 is None:
             sigmas = self.sigmas(num_steps)
-            x = (randn_like_per_sample(template, generators) * sigmas[0]).to(self.device)
+            x = randn_like_per_sample(template, generators) * sigmas[0]
             result = sample(denoiser, x, sigmas, generator=generators)
         else:
             z0 = self._encode_image(x0).expand(len(seeds), -1, -1, -1)

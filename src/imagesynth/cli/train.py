@@ -37,6 +37,7 @@ def train_clip_command(
     val_data: Optional[Path] = typer.Option(None, help="Validation folder (default: the val split of --data)."),
     augment: bool = typer.Option(True, help="Random zoom/shift of training images."),
     text_projection: str = typer.Option("mlp", help="mlp (preset's hidden layer) or linear (one matrix)."),
+    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (preset default 0)."),
 ) -> None:
     """Train a CLIP (locked MiniLM text features + image tower) on a captioned folder."""
     from ..clip.training import train_clip
@@ -47,7 +48,7 @@ def train_clip_command(
 
     overrides = loop_overrides(precision=precision, seed=seed, max_steps=steps,
                                batch_size=batch_size, learning_rate=learning_rate,
-                               max_minutes=max_minutes)
+                               max_minutes=max_minutes, weight_decay=weight_decay)
     result = train_clip(data, out, preset=preset, overrides=overrides, val_data=val_data,
                         augment=augment,
                         clip_overrides={"text_hidden": 0} if text_projection == "linear" else None)

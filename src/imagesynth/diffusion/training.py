@@ -281,7 +281,8 @@ def train_diffusion(data: str | Path, out: str | Path, preset: str = "shapes",
                        "latent_channels": int(autoencoder.latent_channels),
                        "downsample_factor": int(autoencoder.downsample_factor),
                        "latent_std": float(samples.std())}
-        decode = autoencoder.decode
+        # Progress grids sample on the UNet's device (CUDA when present); the decoder follows it.
+        decode = lambda z: autoencoder.to(z.device).decode(z)  # noqa: E731
     else:
         samples = images_u8
     unet_settings = unet_config(model_config.preset, encoder.state_dim,

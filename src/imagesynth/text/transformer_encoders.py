@@ -123,7 +123,10 @@ class MiniLMEncoder(_TransformerTextEncoder):
         force_offline()
         model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        return cls(folder, model, tokenizer, max_length, device)
+        encoder = cls(folder, model, tokenizer, max_length, device)
+        # A user's BERT folder may be narrower or wider than MiniLM's 384.
+        encoder.state_dim = encoder.pooled_dim = int(model.config.hidden_size)
+        return encoder
 
     def _forward(self, input_ids, mask):
         states = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
