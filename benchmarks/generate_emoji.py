@@ -23,7 +23,8 @@ from PIL import Image, ImageDraw
 
 import imagesynth
 from imagesynth.clip import load_clip
-from imagesynth.clip.evaluation import (embed_images, embed_labels, target_ranks,
+from imagesynth.apps.embedding import image_to_tensor
+from imagesynth.clip.evaluation import (embed_images, embed_labels, rank_accuracy, target_ranks,
                                          topk_accuracy)
 from imagesynth.data.folder import CaptionedImageFolder
 from imagesynth.metrics.evaluate import compute_metrics, extract_features
@@ -45,12 +46,6 @@ def top5_by_category(ranks: torch.Tensor, chosen: list[str],
         groups.setdefault(categories[name], []).append(rank)
     return {category: {"n": len(r), "top5": round(sum(x < 5 for x in r) / len(r), 3)}
             for category, r in sorted(groups.items())}
-
-
-def to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    """PIL RGB images -> float [N, 3, H, W] in [0, 1]."""
-    return torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-                        for im in images]).float() / 255
 
 
 def contact_sheet(images: list[Image.Image], labels: list[str], columns: int = 8,
@@ -114,16 +109,16 @@ def main() -> None:
         print(f"generated {len(images)}/{len(prompts)}", file=sys.stderr, flush=True)
     generation_seconds = time.perf_counter() - started
 
-    generated = to_tensor(images)
+    generated = torch.stack([image_to_tensor(image) for image in images])
     size = scorer.model.config.image_size
     if generated.shape[-1] != size:
         generated = torch.nn.functional.interpolate(generated, size=(size, size), mode="area")
     image_emb = embed_images(scorer, generated)
     label_emb = embed_labels(scorer, names, [args.template])
     targets = torch.tensor([targets_all[n] for n in chosen])
-    ranks = topk_accuracy(image_emb, label_emb, targets)
-    by_category = top5_by_category(target_ranks(image_emb, label_emb, targets), chosen,
-                                   categories)
+    rank = target_ranks(image_emb, label_emb, targets)
+    ranks = rank_accuracy(rank)
+    by_category = top5_by_category(rank, chosen, categories)
     reference_folder = CaptionedImageFolder(args.data, resolution=size)
     reference_items = [(i, item) for i, item in enumerate(reference_folder.items)
                        if item.file in name_of_file]

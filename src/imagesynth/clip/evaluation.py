@@ -34,7 +34,11 @@ def embed_labels(scorer: Scorer, labels: list[str], templates: list[str]) -> tor
 def topk_accuracy(image_emb: torch.Tensor, label_emb: torch.Tensor, targets: torch.Tensor,
                   ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """Fraction of images whose true label ranks within the top k."""
-    rank = target_ranks(image_emb, label_emb, targets)
+    return rank_accuracy(target_ranks(image_emb, label_emb, targets), ks)
+
+
+def rank_accuracy(rank: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Fraction of 0-based ranks below each k, as {"top1": ..., "top5": ...}."""
     return {f"top{k}": float((rank < k).float().mean()) for k in ks}
 
 

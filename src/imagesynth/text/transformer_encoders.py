@@ -46,6 +46,8 @@ class _TransformerTextEncoder(TextEncoder):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.device = torch.device(device)
+        # Sizes come from the checkpoint, so a user's narrower or wider folder works too.
+        self.state_dim = self.pooled_dim = int(model.config.hidden_size)
         self._identity: str | None = None
 
     def identity(self) -> str:
@@ -94,8 +96,6 @@ class MiniLMEncoder(_TransformerTextEncoder):
     """
 
     name = MINILM_NAME
-    state_dim = 384
-    pooled_dim = 384
 
     @classmethod
     def load(cls, max_length: int = 64, device: str | torch.device = "cpu") -> "MiniLMEncoder":
@@ -123,10 +123,7 @@ class MiniLMEncoder(_TransformerTextEncoder):
         force_offline()
         model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        encoder = cls(folder, model, tokenizer, max_length, device)
-        # A user's BERT folder may be narrower or wider than MiniLM's 384.
-        encoder.state_dim = encoder.pooled_dim = int(model.config.hidden_size)
-        return encoder
+        return cls(folder, model, tokenizer, max_length, device)
 
     def _forward(self, input_ids, mask):
         states = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
@@ -175,8 +172,8 @@ class CLIPTextTowerEncoder(_TransformerTextEncoder):
         length = max_length or min(config.max_position_embeddings, 77)
         encoder = cls(folder, model, tokenizer, length, device)
         encoder.with_projection = with_projection
-        encoder.state_dim = config.hidden_size
-        encoder.pooled_dim = config.projection_dim if with_projection else config.hidden_size
+        if with_projection:
+            encoder.pooled_dim = int(config.projection_dim)
         return encoder
 
     def _forward(self, input_ids, mask):
