@@ -3,7 +3,7 @@
 Prints JSON. Examples:
   python benchmarks/clip_zeroshot.py --model models/shapes-clip --shapes
   python benchmarks/clip_zeroshot.py --model models/emoji-clip --emoji data/emoji-google \\
-      --paraphrases-in data/emoji-google
+      --paraphrases-in data/emoji-google --paraphrases-in data/emoji-twitter
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def main() -> None:
     parser.add_argument("--emoji", type=Path, help="emoji folder to classify among its names")
     parser.add_argument("--template", action="append", default=None,
                         help="label template(s), e.g. '{}, twitter style' (repeatable)")
-    parser.add_argument("--paraphrases-in", type=Path,
-                        help="emoji folder to retrieve from with the paraphrase list")
+    parser.add_argument("--paraphrases-in", type=Path, action="append", default=[],
+                        help="emoji folder to retrieve from with the paraphrase list (repeatable)")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -52,10 +52,10 @@ def main() -> None:
                                           templates=templates)
         report["emoji"]["folder"] = args.emoji.name
     if args.paraphrases_in:
-        result = paraphrase_retrieval(scorer, args.paraphrases_in, load_paraphrases(PARAPHRASES),
-                                      image_size=size)
-        result["folder"] = args.paraphrases_in.name
-        report["paraphrases"] = result
+        pairs = load_paraphrases(PARAPHRASES)
+        report["paraphrases"] = {folder.name: paraphrase_retrieval(scorer, folder, pairs,
+                                                                   image_size=size)
+                                 for folder in args.paraphrases_in}
     report["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(report, indent=1))
 

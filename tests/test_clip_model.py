@@ -157,3 +157,72 @@ def test_cli_weight_decay_reaches_the_optimiser_settings(tmp_path, monkeypatch, 
                 "--preset", "tiny", "--steps", "2", "--weight-decay", "0.1"])
     assert code == 0
     assert json.loads((tmp_path / "r" / "train_config.json").read_text())["weight_decay"] == 0.1
+
+
+class _ColourScorer:
+    """Embeds images by mean colour and texts by the colour words they contain: known answers."""
+
+    WORDS = {"red": 0, "crimson": 0, "green": 1, "grass": 1, "blue": 2, "sky": 2}
+
+    def embed_image(self, images):
+        return torch.nn.functional.normalize(images.mean(dim=(2, 3)), dim=-1)
+
+    def embed_text(self, texts):
+        rows = torch.full((len(texts), 3), 1e-3)
+        for row, text in enumerate(texts):
+            for word in text.split():
+                if word in self.WORDS:
+                    rows[row, self.WORDS[word]] = 1.0
+        return torch.nn.functional.normalize(rows, dim=-1)
+
+
+def test_paraphrase_retrieval_reports_descriptions_against_the_names_baseline(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from imagesynth.clip.evaluation import paraphrase_retrieval
+
+    colours = {"red apple": (220, 10, 10), "green apple": (10, 220, 10), "blue car": (10, 10, 220)}
+    for i, (name, rgb) in enumerate(colours.items()):
+        Image.new("RGB", (16, 16), rgb).save(tmp_path / f"{i}.png")
+    (tmp_path / "captions.jsonl").write_text("\n".join(
+        json.dumps({"file": f"{i}.png", "caption": name, "name": name})
+        for i, name in enumerate(colours)))
+    pairs = [("a crimson fruit", "red apple"), ("the colour of the sky", "blue car"),
+             ("a fruit the colour of grass", "red apple")]  # describes the green apple instead
+    result = paraphrase_retrieval(_ColourScorer(), tmp_path, pairs, image_size=16, k=1)
+    assert result["top1_rate"] == pytest.approx(2 / 3)
+    assert result["name_top1_rate"] == 1.0  # every target's own name finds it
+    assert result["text_top1_rate"] == pytest.approx(2 / 3)  # same colour words, no images
+    assert [d["best_match"] for d in result["details"]] == ["red apple", "blue car", "green apple"]
+    with pytest.raises(ConfigError) as info:
+        paraphrase_retrieval(_ColourScorer(), tmp_path, [("x", "rocket")], image_size=16)
+    assert info.value.field == "paraphrases"
+
+
+def test_adversarial_training_perturbs_within_eps_and_raises_the_loss():
+    from imagesynth.clip.training import CLIPObjective
+
+    torch.manual_seed(0)
+    model = CLIPModel(TINY)
+    images_u8 = (torch.rand(6, 3, 16, 16) * 255).to(torch.uint8)
+    batch = (images_u8, torch.arange(6)[:, None])
+    objective = CLIPObjective(torch.randn(6, 384), augment=False, adversarial_eps=0.05)
+    images = images_u8.float() / 255
+    features = objective.text_features
+    perturbed = objective._perturb(model, images, features, torch.arange(6),
+                                   torch.Generator().manual_seed(3))
+    again = objective._perturb(model, images, features, torch.arange(6),
+                               torch.Generator().manual_seed(3))
+    assert torch.equal(perturbed, again)  # seeded by the step's generator: resume stays exact
+    assert (perturbed - images).abs().max() <= 0.05 + 1e-6
+    assert perturbed.min() >= 0 and perturbed.max() <= 1
+    clean, _ = model.contrastive_loss(images, features)
+    attacked, _ = model.contrastive_loss(perturbed, features)
+    assert attacked > clean
+    loss, _ = objective(model, batch, torch.Generator().manual_seed(3))
+    assert torch.isfinite(loss) and all(p.grad is None for p in model.parameters())
+    with pytest.raises(DataError) as info:
+        CLIPObjective(features, adversarial_eps=0.9)
+    assert info.value.field == "adversarial_eps"

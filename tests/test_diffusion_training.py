@@ -208,6 +208,20 @@ def test_fine_tuning_starts_from_a_model_and_may_add_coordinate_channels(shapes1
     x, c_noise, text = torch.randn(2, 3, 16, 16), torch.zeros(2), torch.randn(2, 5, 384)
     with torch.no_grad():
         assert torch.allclose(wide(x, c_noise, text), narrow(x, c_noise, text), atol=1e-5)
+    # Wider text states (minilm -> minilm+words): cross-attention keys and values read the new
+    # features through zero weights, so the network again computes what the old one did.
+    wide_text = TextConditionedUNet(unet_config("tiny", text_dim=768, sample_size=16))
+    initialise_from(wide_text, str(base.model_dir), text_encoder="minilm+words", image_size=16,
+                    channels=3, sample_size=16, autoencoder_sha256=None)
+    key = "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    assert torch.equal(wide_text.state_dict()[key][:, :384], trained[key])
+    assert not wide_text.state_dict()[key][:, 384:].any()
+    words = torch.cat([text, torch.randn(2, 5, 384)], dim=-1)
+    with torch.no_grad():
+        assert torch.allclose(wide_text(x, c_noise, words), narrow(x, c_noise, text), atol=1e-5)
+    with pytest.raises(ConfigError, match="text encoder"):
+        initialise_from(narrow, str(base.model_dir), text_encoder="some/folder", image_size=16,
+                        channels=3, sample_size=16, autoencoder_sha256=None)
     # Incompatible models are one-line errors naming the field.
     with pytest.raises(ConfigError, match="image size") as size:
         initialise_from(wide, str(base.model_dir), text_encoder="minilm", image_size=32,
@@ -220,3 +234,28 @@ def test_fine_tuning_starts_from_a_model_and_may_add_coordinate_channels(shapes1
     with pytest.raises(ConfigError, match="init_from|different UNet|needs"):
         initialise_from(other, str(base.model_dir), text_encoder="minilm", image_size=16,
                         channels=3, sample_size=16, autoencoder_sha256=None)
+
+
+def test_training_noise_distribution_is_configurable(shapes16, tmp_path, minilm, monkeypatch):
+    """--train-sigma-mean/std reach the EDM denoiser that samples the training sigmas."""
+    import imagesynth.diffusion.training as training
+    from imagesynth.diffusion.training import DiffusionConfig
+
+    seen = []
+
+    class Recording(training.EDMDenoiser):
+        def sample_training_sigmas(self, *args, **kwargs):
+            sigmas = super().sample_training_sigmas(*args, **kwargs)
+            seen.append((self.P_mean, self.P_std))
+            return sigmas
+
+    monkeypatch.setattr(training, "EDMDenoiser", Recording)
+    result = train_diffusion(shapes16, tmp_path / "run", preset="tiny", show_progress=False,
+                             text_encoder=minilm, overrides=dict(max_steps=2, batch_size=4),
+                             model_overrides=dict(train_sigma_mean=1.5, train_sigma_std=0.5))
+    assert seen and set(seen) == {(1.5, 0.5)}
+    config = json.loads((result.model_dir / "config.json").read_text())
+    assert config["diffusion"]["train_sigma_mean"] == 1.5
+    with pytest.raises(ConfigError) as info:
+        DiffusionConfig(train_sigma_std=0.0)
+    assert info.value.field == "train_sigma_std"

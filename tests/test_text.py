@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from imagesynth.errors import ConfigError, ModelNotFoundError
 from imagesynth.text import CachedTextEncoder, CLIPTextTowerEncoder, load_text_encoder
@@ -121,3 +122,20 @@ def test_bert_folder_of_another_width_reports_its_own_state_size(tmp_path, minil
     assert direct.states.shape[-1] == 32 and direct.pooled.shape == (2, 32)
     cached = CachedTextEncoder(encoder, db_path=tmp_path / "emb.sqlite")(["a red apple", "blue car"])
     assert torch.equal(cached.states, direct.states)
+
+
+def test_minilm_words_appends_input_embeddings_that_tell_left_from_right(minilm):
+    from imagesynth.text import load_text_encoder
+
+    words = load_text_encoder("minilm+words")
+    assert words.state_dim == 768 and words.pooled_dim == 384
+    assert words.identity() != minilm.identity()  # cached separately
+    texts = ["a red circle on the left", "a red circle on the right"]
+    wide, plain = words.encode(texts), minilm.encode(texts)
+    assert torch.allclose(wide.states[..., :384], plain.states, atol=1e-5)
+    assert torch.allclose(wide.pooled, plain.pooled, atol=1e-6)
+    assert torch.equal(wide.mask, plain.mask)
+    position = int(plain.mask[0].sum()) - 2  # the last word, before [SEP]
+    cosine = lambda half: F.cosine_similarity(  # noqa: E731
+        wide.states[0, position, half], wide.states[1, position, half], dim=0).item()
+    assert cosine(slice(0, 384)) > 0.85 > 0.6 > cosine(slice(384, 768))

@@ -38,6 +38,7 @@ def train_clip_command(
     augment: bool = typer.Option(True, help="Random zoom/shift of training images."),
     text_projection: str = typer.Option("mlp", help="mlp (preset's hidden layer) or linear (one matrix)."),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (preset default 0)."),
+    adversarial_eps: float = typer.Option(0.0, help="Adversarial training: perturb images within this L-inf radius (pixels in [0,1], e.g. 0.0157 = 4/255); 0 = off."),
 ) -> None:
     """Train a CLIP (locked MiniLM text features + image tower) on a captioned folder."""
     from ..clip.training import train_clip
@@ -50,7 +51,7 @@ def train_clip_command(
                                batch_size=batch_size, learning_rate=learning_rate,
                                max_minutes=max_minutes, weight_decay=weight_decay)
     result = train_clip(data, out, preset=preset, overrides=overrides, val_data=val_data,
-                        augment=augment,
+                        augment=augment, adversarial_eps=adversarial_eps,
                         clip_overrides={"text_hidden": 0} if text_projection == "linear" else None)
     state = "finished" if result.stopped == "finished" else "paused (rerun to resume)"
     console.print(f"[green]{state}[/] after {result.steps} steps in {result.seconds:.0f} s; "

@@ -24,6 +24,9 @@ def train_diffusion_command(
     sample_every: Optional[int] = typer.Option(None, help="Write a sample grid to RUN/samples every N steps."),
     seed: int = typer.Option(0, help="Seed for initial weights, data order, noise and caption dropout."),
     init_from: Optional[str] = typer.Option(None, help="Fine-tune: start from this diffusion model's weights (name or folder)."),
+    text_encoder: Optional[str] = typer.Option(None, help="minilm (default), minilm+words (adds word embeddings: tells left from right) or a local text-model folder."),
+    train_sigma_mean: Optional[float] = typer.Option(None, help="Training noise: mean of ln(sigma) (EDM P_mean, default -1.2; higher practises layout)."),
+    train_sigma_std: Optional[float] = typer.Option(None, help="Training noise: std of ln(sigma) (EDM P_std, default 1.2)."),
 ) -> None:
     """Train a text-conditioned EDM diffusion model (pixel or latent space) with the shared loop."""
     from ..diffusion.training import train_diffusion
@@ -31,8 +34,12 @@ def train_diffusion_command(
     overrides = loop_overrides(precision=precision, seed=seed, max_steps=steps,
                                batch_size=batch_size, learning_rate=learning_rate,
                                max_minutes=max_minutes, sample_every=sample_every)
+    settings = {key: value for key, value in (("text_encoder", text_encoder),
+                                              ("train_sigma_mean", train_sigma_mean),
+                                              ("train_sigma_std", train_sigma_std))
+                if value is not None}
     result = train_diffusion(data, out, preset=preset, overrides=overrides, autoencoder=autoencoder,
-                             init_from=init_from)
+                             init_from=init_from, model_overrides=settings)
     state = "finished" if result.stopped == "finished" else "paused (rerun the same command to resume)"
     loss = result.metrics.get("loss")
     console.print(f"[green]{state}[/] after {result.steps} steps in {result.seconds:.0f} s"

@@ -1,9 +1,10 @@
 """Start a diffusion run from a trained model's weights (fine-tuning) instead of random ones.
 
-The new run may widen the UNet's input (e.g. `shapes` -> `shapes-xy`, which adds coordinate
-maps): the old input channels keep their trained filters and the new ones start at zero, so
-the widened network computes exactly what the old one did until training moves them (the way
-Stable Diffusion's inpainting model was initialised from the text-to-image one).
+The new run may widen the UNet's inputs: `shapes` -> `shapes-xy` adds coordinate maps to the
+image, and `minilm` -> `minilm+words` appends the word embeddings to the text states that
+cross-attention reads. The old inputs keep their trained weights and the new ones start at
+zero, so the widened network computes exactly what the old one did until training moves them
+(the way Stable Diffusion's inpainting model was initialised from the text-to-image one).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from ..errors import ConfigError
 from ..registry import Registry
 
 FIX = "fine-tune from a diffusion model with the same size, data space and text encoder"
+
+#: text encoders whose states begin with another's states (the rest is new input, started at zero)
+TEXT_WIDENINGS = {("minilm", "minilm+words")}
 
 
 def _expect_equal(spec: str, name: str, theirs, ours) -> None:
@@ -32,7 +36,8 @@ def initialise_from(network: nn.Module, spec: str, *, text_encoder: str, image_s
     if config.get("family") != "diffusion":
         raise ConfigError(f"{spec} is not a diffusion model (family {config.get('family')!r})",
                           field="init_from", fix=FIX)
-    _expect_equal(spec, "text encoder", config.get("text_encoder"), text_encoder)
+    if (config.get("text_encoder"), text_encoder) not in TEXT_WIDENINGS:
+        _expect_equal(spec, "text encoder", config.get("text_encoder"), text_encoder)
     _expect_equal(spec, "image size", config.get("image_size"), image_size)
     _expect_equal(spec, "channels", config.get("channels"), channels)
     _expect_equal(spec, "sample size", config.get("sample_size"), sample_size)
@@ -64,6 +69,10 @@ def initialise_from(network: nn.Module, spec: str, *, text_encoder: str, image_s
 
 
 def _widened_input(key: str, theirs: torch.Size, ours: torch.Size) -> bool:
-    """The first convolution with extra input channels (all other dimensions equal)."""
-    return (key.endswith("conv_in.weight") and len(ours) == 4 and theirs[0] == ours[0]
-            and theirs[2:] == ours[2:] and theirs[1] < ours[1])
+    """The first convolution with extra input channels, or a cross-attention key/value map with
+    extra text features (all other dimensions equal)."""
+    if len(ours) != len(theirs) or theirs[0] != ours[0] or theirs[2:] != ours[2:]:
+        return False
+    reads_input = (key.endswith("conv_in.weight") and len(ours) == 4) or (
+        len(ours) == 2 and key.endswith(("attn2.to_k.weight", "attn2.to_v.weight")))
+    return reads_input and theirs[1] < ours[1]

@@ -46,6 +46,9 @@ class DiffusionConfig:
     default_steps: int = 20
     default_sampler: str = "dpmpp_2m"
     default_guidance: float = 3.0
+    #: training noise levels: ln(sigma) ~ N(train_sigma_mean, train_sigma_std^2), EDM's P_mean/P_std
+    train_sigma_mean: float = -1.2
+    train_sigma_std: float = 1.2
 
     def __post_init__(self):
         if self.image_size < 8:
@@ -54,6 +57,8 @@ class DiffusionConfig:
             raise ConfigError("must be in [0, 1)", field="condition_dropout")
         if not self.sigma_data > 0:
             raise ConfigError("must be positive", field="sigma_data")
+        if not self.train_sigma_std > 0:
+            raise ConfigError("must be positive", field="train_sigma_std")
 
 
 #: preset -> (model settings, loop settings); the UNet comes from nets.unet.PRESETS of that name
@@ -300,7 +305,8 @@ def train_diffusion(data: str | Path, out: str | Path, preset: str = "shapes",
             image_size=model_config.image_size, channels=int(samples.shape[1]),
             sample_size=int(samples.shape[-1]),
             autoencoder_sha256=latent_info["sha256"] if latent_info else None)
-    denoiser = EDMDenoiser(network, sigma_data=model_config.sigma_data)
+    denoiser = EDMDenoiser(network, sigma_data=model_config.sigma_data,
+                           P_mean=model_config.train_sigma_mean, P_std=model_config.train_sigma_std)
     objective = DiffusionObjective(text, model_config.condition_dropout, latent_info is not None)
     prompts = [p for p in (sample_prompts or captions[:8]) if p in text.index][:16]
     if not prompts:
