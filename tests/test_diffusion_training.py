@@ -259,3 +259,16 @@ def test_training_noise_distribution_is_configurable(shapes16, tmp_path, minilm,
     with pytest.raises(ConfigError) as info:
         DiffusionConfig(train_sigma_std=0.0)
     assert info.value.field == "train_sigma_std"
+
+
+def test_a_minilm_words_model_trains_and_generates(shapes16, tmp_path):
+    from imagesynth.pipeline import load_pipeline
+
+    result = train_diffusion(shapes16, tmp_path / "run", preset="tiny", show_progress=False,
+                             overrides=dict(max_steps=2, batch_size=4),
+                             model_overrides=dict(text_encoder="minilm+words"))
+    config = json.loads((result.model_dir / "config.json").read_text())
+    assert config["text_encoder"] == "minilm+words"
+    assert config["unet"]["cross_attention_dim"] == 768
+    pipe = load_pipeline(str(result.model_dir))
+    assert pipe("a red circle on the left", seed=0, num_steps=2).images[0].size == (16, 16)

@@ -33,6 +33,13 @@ def folder_identity(folder: Path, extra: dict) -> str:
     return digest.hexdigest()
 
 
+def _normalised_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sentence-transformers pooling: mean over real tokens, then L2 normalisation."""
+    weights = mask[..., None].to(states.dtype)
+    mean = (states * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+    return torch.nn.functional.normalize(mean, dim=-1)
+
+
 class _TransformerTextEncoder(TextEncoder):
     """Shared tokenisation, truncation reporting and batching for HF text towers."""
 
@@ -127,9 +134,7 @@ class MiniLMEncoder(_TransformerTextEncoder):
 
     def _forward(self, input_ids, mask):
         states = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        weights = mask[..., None].to(states.dtype)
-        mean = (states * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
-        return states, torch.nn.functional.normalize(mean, dim=-1)
+        return states, _normalised_mean(states, mask)
 
 
 class MiniLMWordsEncoder(MiniLMEncoder):
@@ -149,10 +154,7 @@ class MiniLMWordsEncoder(MiniLMEncoder):
     def _forward(self, input_ids, mask):
         out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
         states = out.last_hidden_state
-        weights = mask[..., None].to(states.dtype)
-        mean = (states * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
-        return (torch.cat([states, out.hidden_states[0]], dim=-1),
-                torch.nn.functional.normalize(mean, dim=-1))
+        return torch.cat([states, out.hidden_states[0]], dim=-1), _normalised_mean(states, mask)
 
 
 class CLIPTextTowerEncoder(_TransformerTextEncoder):
