@@ -91,7 +91,8 @@ def paraphrase_retrieval(scorer: Scorer, folder: str | Path, pairs: list[tuple[s
                 for row in query_emb @ keys.T]
 
     by_description = top(description_emb, image_emb, names)
-    by_name = top(embed_labels(scorer, [n for _, n in pairs], ["{}"]), image_emb, names)
+    row_of = {name: row for row, name in enumerate(label_names)}
+    by_name = top(name_emb[[row_of[name] for _, name in pairs]], image_emb, names)
     by_text = top(description_emb, name_emb, label_names)
     details = [{"description": description, "emoji": name, f"in_top{k}": name in found,
                 f"name_in_top{k}": name in by_name[row], f"text_in_top{k}": name in by_text[row],
