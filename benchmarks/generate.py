@@ -1,7 +1,7 @@
 """Seconds per generated image on this machine, at the default steps, batch 8, decode included.
 
 The UNets are randomly initialised with the bundled presets' sizes: speed does not depend on the
-weights. 32 px = the `shapes` preset in pixel space; 64 px = the `emoji` preset on 16x16x4 latents,
+weights. 32 px = the `shapes-xy` preset (the bundled `shapes` model) in pixel space; 64 px = the `emoji` preset on 16x16x4 latents,
 decoded by the `emoji-f4` autoencoder architecture (decode cost included). Prints JSON.
 """
 
@@ -21,13 +21,18 @@ from imagesynth.nets.autoencoder import Autoencoder, autoencoder_config
 from imagesynth.nets.unet import build_unet, parameter_count, unet_config
 
 
+#: token-state width of each built-in text encoder (the UNet's cross-attention input)
+TEXT_WIDTHS = {"minilm": 384, "minilm+words": 768}
+
+
 def seconds_per_image(preset: str, image_size: int, channels: int, side: int, batch: int,
                       repeats: int, decode) -> dict:
     settings = PRESETS[preset][0]
     torch.manual_seed(0)
-    denoiser = EDMDenoiser(build_unet(unet_config(preset, sample_size=side, channels=channels)),
-                           settings.sigma_data).eval()
-    text = {"encoder_hidden_states": torch.randn(batch, 12, 384),
+    width = TEXT_WIDTHS[settings.text_encoder]
+    denoiser = EDMDenoiser(build_unet(unet_config(preset, width, sample_size=side,
+                                                  channels=channels)), settings.sigma_data).eval()
+    text = {"encoder_hidden_states": torch.randn(batch, 12, width),
             "encoder_attention_mask": torch.ones(batch, 12)}
     guided = ClassifierFreeGuidance(denoiser, text, {k: v.clone() for k, v in text.items()},
                                     settings.default_guidance)
@@ -51,7 +56,7 @@ def main() -> None:
     repeats = int(os.environ.get("REPEATS", "3"))
     torch.manual_seed(0)
     decoder = Autoencoder(autoencoder_config("emoji-f4")).eval().decode
-    results = [seconds_per_image("shapes", 32, 3, 32, 8, repeats, lambda x: x),
+    results = [seconds_per_image("shapes-xy", 32, 3, 32, 8, repeats, lambda x: x),
                seconds_per_image("emoji", 64, 4, 16, 8, repeats, decoder)]
     print(json.dumps({"torch_threads": torch.get_num_threads(), "device": "cpu",
                       "note": "random weights; speed does not depend on them",

@@ -6,6 +6,7 @@ Prompt sets (each prompt generated with seeds 0..S-1, judged by `imagesynth.data
 - held_out_relation: two objects, one of them a held-out pair, in each relation, both orders;
 - seen_single: the other colour-shape pairs (what the model was trained on), for comparison.
 Prints JSON. Example:  python benchmarks/generate_shapes.py --model shapes --seeds 4
+`--sheet FILE` also writes a PNG of `SHEET_PROMPTS` (one row each, seeds 0..S-1, 3× nearest).
 """
 
 from __future__ import annotations
@@ -48,6 +49,25 @@ def prompt_sets() -> dict[str, list[str]]:
     }
 
 
+#: rows of the `--sheet` image: plain, held-out, position and relation prompts
+SHEET_PROMPTS = ("a red circle", "a purple triangle", "an orange circle", "a cyan square",
+                 "a green square on the left", "a blue triangle on the top",
+                 "a red circle above a blue square", "a yellow square to the left of a black circle")
+
+
+def write_sheet(pipe, path: str, seeds: int, scale: int = 3, **options) -> None:
+    """One row per sheet prompt, one column per seed, each image enlarged `scale` times."""
+    from PIL import Image
+
+    rows = [pipe(prompt, seed=0, num_images=seeds, **options).images for prompt in SHEET_PROMPTS]
+    side = rows[0][0].width * scale
+    sheet = Image.new("RGB", (side * seeds, side * len(rows)), "white")
+    for r, images in enumerate(rows):
+        for c, image in enumerate(images):
+            sheet.paste(image.resize((side, side), Image.NEAREST), (c * side, r * side))
+    sheet.save(path)
+
+
 def evaluate(pipe, prompts: list[str], seeds: int, **options) -> dict:
     """Generate every prompt with every seed in batches of one prompt's seeds; check each image."""
     counts = {"ok": 0, "count_ok": 0, "colour_ok": 0, "shape_ok": 0, "position_ok": 0}
@@ -76,6 +96,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=None, help="CFG scale (model default)")
     parser.add_argument("--sampler", default=None)
     parser.add_argument("--sets", default=",".join(prompt_sets()), help="comma-separated subset")
+    parser.add_argument("--sheet", default=None, help="also write a PNG of the sheet prompts")
     args = parser.parse_args()
 
     pipe = imagesynth.load(args.model)
@@ -88,6 +109,9 @@ def main() -> None:
         report["sets"][name] = entry
         print(json.dumps({name: {k: v for k, v in entry.items() if k != "failures_per_prompt"}}),
               file=sys.stderr, flush=True)
+    if args.sheet:
+        write_sheet(pipe, args.sheet, args.seeds, **options)
+        report["sheet"] = args.sheet
     print(json.dumps(report, indent=2))
 
 

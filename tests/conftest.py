@@ -28,6 +28,14 @@ def minilm():
 
 
 @pytest.fixture(scope="session")
+def minilm_words():
+    """MiniLM states plus its input word embeddings (`minilm+words`, 768 wide), loaded once."""
+    from imagesynth.text import load_text_encoder
+
+    return load_text_encoder("minilm+words")
+
+
+@pytest.fixture(scope="session")
 def shapes_folder(tmp_path_factory):
     """`shapes_folder(count, size=16)`: a ShapesWorld folder (seed 0), built once per count and size."""
     from imagesynth.data import ShapesConfig, build_shapes_dataset

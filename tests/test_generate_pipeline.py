@@ -41,6 +41,16 @@ def pipe(tiny_model, minilm):
     return load_pipeline(str(tiny_model), text_encoder=minilm)
 
 
+def test_a_text_encoder_of_another_width_is_refused_at_load(tiny_model):
+    from types import SimpleNamespace
+
+    from imagesynth.pipeline import load_pipeline
+
+    with pytest.raises(ConfigError, match="384 wide") as error:
+        load_pipeline(str(tiny_model), text_encoder=SimpleNamespace(state_dim=768))
+    assert error.value.field == "text_encoder"
+
+
 def test_load_is_lazy_and_returns_a_pipeline(pipe, tiny_model):
     assert pipe.allowed_sizes == [16]
     assert pipe.model_hash == sha256_file(tiny_model / "model.safetensors")

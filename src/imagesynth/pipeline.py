@@ -317,7 +317,14 @@ def load_pipeline(name_or_path: str = "emoji", *, autoencoder=None, text_encoder
     # A name resolves through the registry; a path is stored resolved so `reproduce` finds it.
     model_name = entry.name if entry.source != "path" else str(entry.root)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    text_encoder = text_encoder or load_text_encoder(config["text_encoder"])
+    if text_encoder is None:
+        text_encoder = load_text_encoder(config["text_encoder"])
+    elif text_encoder.state_dim != config["unet"]["cross_attention_dim"]:
+        # A wrong encoder would otherwise fail deep inside cross-attention on the first prompt.
+        raise ConfigError(f"the given text encoder gives {text_encoder.state_dim}-wide states; "
+                          f"this model was trained on {config['text_encoder']!r} "
+                          f"({config['unet']['cross_attention_dim']} wide)", field="text_encoder",
+                          fix=f"pass load_text_encoder({config['text_encoder']!r}) or none")
     return DiffusionPipeline(load_denoiser(state, config), text_encoder,
                              config, model_name, model_hash, autoencoder, device)
 
