@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image
 
 from imagesynth.clip import load_clip
@@ -127,6 +128,7 @@ def test_cli_writes_png_and_gif(tiny_clips, tmp_path, capsys):
     (["x", "--init-colour", "blurple"], "init_colour"),
     (["x", "--init-colour", "white", "--init-image", "x.png"], "init_colour"),
     (["x", "--init-noise", "-1"], "init_noise"),
+    (["x", "--lr-schedule", "linear"], "lr_schedule"),
 ])
 def test_cli_bad_input_is_one_line_naming_the_field(tiny_clips, tmp_path, capsys, args, field):
     code = run(["dream", *args, "--scorer", tiny_clips[0][0], "--out", str(tmp_path / "x.png")])
@@ -154,3 +156,17 @@ def test_init_colour_starts_plain_and_init_noise_varies_it_per_seed(tiny_clips):
         starts[name] = frames[0].tobytes()
     assert set(starts["plain"]) == {255}
     assert starts["a"] == starts["b"] != starts["c"] and starts["a"] != starts["plain"]
+
+
+def test_cosine_lr_schedule_is_recorded_and_settles_the_image(tiny_clips):
+    """Cosine decay ends near lr 0: the last step barely moves the image, unlike a constant lr."""
+    folders, (scorer_a, _) = tiny_clips
+    moved = {}
+    for schedule in ("constant", "cosine"):
+        result = dream(_config(folders, steps=8, frame_every=1, lr_schedule=schedule),
+                       scorer=scorer_a, keep_frames=True)
+        before, last = (torch.tensor(list(frame.tobytes()), dtype=torch.float)
+                        for frame in result.frames[-2:])
+        moved[schedule] = float((last - before).abs().mean())
+        assert result.recipe["dream"]["lr_schedule"] == schedule
+    assert moved["cosine"] < 0.2 * moved["constant"]

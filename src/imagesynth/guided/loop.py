@@ -31,6 +31,8 @@ from .prompts import WeightedPrompt, normalised_weights, parse_prompts
 DEFAULT_LEARNING_RATES = {"pixels": 0.1, "fourier": 0.05, "pixelart": 0.1, "decoder": 0.05,
                           "diffusion-latent": 0.05}
 MAX_SIDE = 2048
+#: learning-rate schedules: constant, or cosine decay to zero over the steps (StyleCLIP's ramp-down)
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class DreamConfig:
     cutout_jitter: float = 0.0  # random zoom/shift of each cutout (0 = off)
     flip: bool = True
     learning_rate: float | None = None  # None: the drawer's default
+    lr_schedule: str = "constant"  # or "cosine": decay to zero by the last step
     seed: int = 0
     init_image: str | None = None
     init_colour: str | None = None  # start from a plain canvas of this colour ("white", "#rrggbb")
@@ -91,6 +94,9 @@ class DreamConfig:
         if self.learning_rate is not None and not (math.isfinite(self.learning_rate)
                                                    and self.learning_rate > 0):
             raise ConfigError(f"must be > 0, got {self.learning_rate}", field="lr")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.lr_schedule!r}", field="lr_schedule",
+                              fix=f"choose one of {', '.join(LR_SCHEDULES)}")
         for name in ("content_weight", "tv_weight", "range_weight", "saturation_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -295,6 +301,12 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
 
     parameters = list(drawer.parameters())
     optimiser = torch.optim.Adam(parameters, lr=config.lr)
+    if config.lr_schedule == "cosine":
+        # step s (1-based) runs at lr * (1 + cos(pi * (s - 1) / steps)) / 2: full at first, ~0 last
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda done: (1 + math.cos(math.pi * done / config.steps)) / 2)
+    else:
+        schedule = None
     history: list[dict] = []
     frames: list[Image.Image] = []
     if frames_dir is not None:
@@ -356,6 +368,8 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
                                    fix="lower the learning rate")
             loss.backward()
             optimiser.step()
+            if schedule is not None:
+                schedule.step()
             if step % config.eval_every == 0 or step == config.steps or step % config.frame_every == 0:
                 with torch.no_grad():
                     image = drawer.render()
