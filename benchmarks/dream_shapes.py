@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--init-colour", help='start from a plain canvas, e.g. "white"')
     parser.add_argument("--init-noise", type=float, default=0.0, help="noise added to the start")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (drawer default)")
+    parser.add_argument("--lr-schedule", default="constant", help="constant or cosine")
+    parser.add_argument("--cutout-noise", type=float, default=0.05, help="noise added to cutouts")
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=100)
@@ -51,6 +53,7 @@ def main() -> None:
     prompts = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES][:args.limit]
     report: dict = {"benchmark": "dream_shapes", "clip": args.clip, "size": args.size,
                     "steps": args.steps, "cutouts": args.cutouts, "lr": args.lr,
+                    "lr_schedule": args.lr_schedule, "cutout_noise": args.cutout_noise,
                     "tv_weight": args.tv_weight, "cutout_jitter": args.cutout_jitter,
                     "init_colour": args.init_colour,
                     "init_noise": args.init_noise,
@@ -68,7 +71,8 @@ def main() -> None:
                                      seed=seed, scorer=args.clip, cells=args.cells,
                                      tv_weight=args.tv_weight, decoder=args.decoder,
                                      diffusion_model=args.diffusion_model,
-                                     learning_rate=args.lr, eval_every=args.steps,
+                                     learning_rate=args.lr, lr_schedule=args.lr_schedule,
+                                     cutout_noise=args.cutout_noise, eval_every=args.steps,
                                      init_colour=args.init_colour, init_noise=args.init_noise,
                                      cutout_jitter=args.cutout_jitter, **extra)
                 result = check(dream(config, scorer=scorer, decoder=decoder).image, prompt)
