@@ -1,8 +1,9 @@
 """Seconds per generated image on this machine, at the default steps, batch 8, decode included.
 
 The UNets are randomly initialised with the bundled presets' sizes: speed does not depend on the
-weights. 32 px = the `shapes-xy` preset (the bundled `shapes` model) in pixel space; 64 px = the `emoji` preset on 16x16x4 latents,
-decoded by the `emoji-f4` autoencoder architecture (decode cost included). Prints JSON.
+weights. 32 px = the `shapes-xy` preset (the bundled `shapes` model) in pixel space; 64 px = the
+`emoji` preset on 16x16x4 latents, decoded by the `emoji-f4` autoencoder architecture (decode
+cost included). Prints JSON.
 """
 
 from __future__ import annotations
