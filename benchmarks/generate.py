@@ -20,17 +20,15 @@ from imagesynth.diffusion.noise import initial_noise
 from imagesynth.diffusion.training import PRESETS
 from imagesynth.nets.autoencoder import Autoencoder, autoencoder_config
 from imagesynth.nets.unet import build_unet, parameter_count, unet_config
-
-
-#: token-state width of each built-in text encoder (the UNet's cross-attention input)
-TEXT_WIDTHS = {"minilm": 384, "minilm+words": 768}
+from imagesynth.text import load_text_encoder
 
 
 def seconds_per_image(preset: str, image_size: int, channels: int, side: int, batch: int,
                       repeats: int, decode) -> dict:
     settings = PRESETS[preset][0]
     torch.manual_seed(0)
-    width = TEXT_WIDTHS[settings.text_encoder]
+    # the preset's text encoder says how wide the UNet's cross-attention input is
+    width = load_text_encoder(settings.text_encoder).state_dim
     denoiser = EDMDenoiser(build_unet(unet_config(preset, width, sample_size=side,
                                                   channels=channels)), settings.sigma_data).eval()
     text = {"encoder_hidden_states": torch.randn(batch, 12, width),
