@@ -30,6 +30,8 @@ def main() -> None:
                         help="sampler steps per render of the diffusion-latent drawer")
     parser.add_argument("--init-colour", help='start from a plain canvas, e.g. "white"')
     parser.add_argument("--init-noise", type=float, default=0.0, help="noise added to the start")
+    parser.add_argument("--init-candidates", type=int, default=1,
+                        help="random starts reranked by the scorer; the best is optimised")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (drawer default)")
     parser.add_argument("--lr-schedule", default="constant", help="constant or cosine")
     parser.add_argument("--cutout-noise", type=float, default=0.05, help="noise added to cutouts")
@@ -56,7 +58,7 @@ def main() -> None:
                     "lr_schedule": args.lr_schedule, "cutout_noise": args.cutout_noise,
                     "tv_weight": args.tv_weight, "cutout_jitter": args.cutout_jitter,
                     "init_colour": args.init_colour,
-                    "init_noise": args.init_noise,
+                    "init_noise": args.init_noise, "init_candidates": args.init_candidates,
                     "decoder": args.decoder, "diffusion_model": args.diffusion_model, "seeds": args.seeds,
                     "prompts": len(prompts), "drawers": {}}
     for drawer in [d.strip() for d in args.drawers.split(",") if d.strip()]:
@@ -74,6 +76,7 @@ def main() -> None:
                                      learning_rate=args.lr, lr_schedule=args.lr_schedule,
                                      cutout_noise=args.cutout_noise, eval_every=args.steps,
                                      init_colour=args.init_colour, init_noise=args.init_noise,
+                                     init_candidates=args.init_candidates,
                                      cutout_jitter=args.cutout_jitter, **extra)
                 result = check(dream(config, scorer=scorer, decoder=decoder).image, prompt)
                 runs += 1

@@ -1,6 +1,8 @@
-"""The KL autoencoder: interface, training on the shared loop, scaling factor, resume, errors."""
+"""KL autoencoders (grid and vector): interface, training, scaling factor, resume, errors."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -12,7 +14,8 @@ from imagesynth.io.checkpoint import load_weights
 from imagesynth.nets.autoencoder import (PRESETS, Autoencoder, autoencoder_config,
                                          load_autoencoder, model_config)
 from imagesynth.metrics import ModuleExtractor
-from imagesynth.nets.autoencoder_training import (AutoencoderLoss, AutoencoderObjective,
+from imagesynth.nets.autoencoder_training import (KL_WEIGHTS, AutoencoderLoss,
+                                                  AutoencoderObjective,
                                                   ImageTensorSet, PixelStatistics, psnr,
                                                   reconstruct_uint8, reconstruction_fd,
                                                   train_autoencoder)
@@ -35,7 +38,11 @@ def tiny_ae_run(shapes16, tmp_path_factory):
                              show_progress=False)
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+GRID_PRESETS = sorted(p for p in PRESETS if PRESETS[p].architecture == "kl-grid")
+VECTOR_PRESETS = sorted(p for p in PRESETS if PRESETS[p].architecture == "vector")
+
+
+@pytest.mark.parametrize("preset", GRID_PRESETS)
 def test_presets_encode_and_decode_with_declared_shapes(preset):
     model = Autoencoder(autoencoder_config(preset)).eval()
     size, f = model.image_size, model.downsample_factor
@@ -47,6 +54,94 @@ def test_presets_encode_and_decode_with_declared_shapes(preset):
     assert latents.shape == (2, 4, size // f, size // f)
     assert decoded.shape == images.shape
     assert decoded.min() >= -1 and decoded.max() <= 1
+
+
+@pytest.mark.parametrize("preset", VECTOR_PRESETS)
+def test_vector_presets_have_one_latent_vector_per_image(preset):
+    model = Autoencoder(autoencoder_config(preset)).eval()
+    size, d = model.image_size, model.latent_channels
+    assert model.fixed_image_size == size and model.downsample_factor == size
+    images = torch.rand(2, 3, size, size) * 2 - 1
+    with torch.no_grad():
+        posterior = model.posterior(images)
+        latents = model.encode(images)
+        decoded = model.decode(latents)
+    assert latents.shape == (2, d, 1, 1) and decoded.shape == images.shape
+    assert decoded.min() >= -1 and decoded.max() <= 1
+    # KL(N(mu, sigma^2) || N(0, I)) summed over the vector, by its closed form
+    mu, var = posterior.mean.flatten(1), posterior.var.flatten(1)
+    expected = 0.5 * (mu.square() + var - 1 - var.log()).sum(1)
+    assert torch.allclose(posterior.kl(), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputImageError) as grid:  # a 2x2 grid of vectors is not an image
+        model.decode(torch.zeros(1, d, 2, 2))
+    assert grid.value.field == "latents"
+    with pytest.raises(InputImageError) as wrong_size:
+        model.encode(torch.zeros(1, 3, 2 * size, 2 * size))
+    assert wrong_size.value.field == "images"
+    with pytest.raises(ConfigError) as odd:
+        autoencoder_config(preset, image_size=size + 2)
+    assert odd.value.field == "image_size"
+
+
+def test_vector_vae_trains_with_its_own_kl_weight_and_reloads(shapes16, tmp_path):
+    result = train_autoencoder(shapes16, tmp_path / "v", preset="tiny-v8", overrides=TINY_RUN,
+                               show_progress=False)
+    model = load_autoencoder(str(result.model_dir))
+    assert model.config.architecture == "vector" and model.fixed_image_size == 16
+    config = json.loads((result.model_dir / "config.json").read_text())
+    assert config["loss"]["kl_weight"] == KL_WEIGHTS["tiny-v8"] == 0.03
+    assert "Vector VAE" in (result.model_dir / "CARD.md").read_text()
+    images = ImageTensorSet(CaptionedImageFolder(shapes16, resolution=16, split="train")).images
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        untrained = Autoencoder(autoencoder_config("tiny-v8"))
+    assert psnr(images, reconstruct_uint8(model, images)) > \
+        psnr(images, reconstruct_uint8(untrained, images)) + 3.0
+    # the sampling prior was fitted to the scaled training latents (no longer N(0, I))
+    prior = model.latent_prior
+    assert prior.weights.shape == (4,) and prior.weights.sum().item() == pytest.approx(1.0)
+    assert prior.means.abs().sum() > 0
+    with torch.no_grad():
+        latents = model.encode(images.float() / 127.5 - 1).flatten(1)
+        draws = prior.sample(4000, torch.Generator().manual_seed(0)).flatten(1)
+        samples = model.decode(prior.sample(4, torch.Generator().manual_seed(0)))
+    assert torch.allclose(draws.mean(0), latents.mean(0), atol=0.15)
+    assert torch.allclose(draws.std(0), latents.std(0), rtol=0.2, atol=0.05)
+    assert torch.isfinite(samples).all() and samples.std() > 0.05
+
+
+def test_mixture_prior_recovers_a_known_mixture_and_samples_by_the_generator():
+    from imagesynth.nets.autoencoder_training import fit_latent_prior
+    from imagesynth.nets.vector_vae import MixturePrior
+
+    class LatentsAsPixels(torch.nn.Module):
+        """Stand-in encoder: 4 x channels 0-1 of pixel (0, 0) are the scaled latent."""
+
+        def __init__(self, prior):
+            super().__init__()
+            self.latent_prior = prior
+            self.unused = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
+
+        def encode(self, x):
+            return 4 * x[:, :2, :1, :1]
+
+    generator = torch.Generator().manual_seed(0)
+    truth = MixturePrior(2, 2)
+    covariances = torch.tensor([[[0.5, 0.2], [0.2, 0.3]], [[0.1, 0.0], [0.0, 0.4]]])
+    truth.set(torch.tensor([0.3, 0.7]), torch.tensor([[-2.0, 0.0], [2.0, 1.0]]), covariances)
+    z = truth.sample(6000, generator)  # [N, 2, 1, 1]
+    assert torch.equal(truth.sample(3, torch.Generator().manual_seed(5)),
+                       truth.sample(3, torch.Generator().manual_seed(5)))
+    pixels = torch.cat([z, z[:, :1]], dim=1).clamp(-3.9, 3.9) / 4  # [N, 3, 1, 1] in [-1, 1]
+    images = ((pixels + 1) * 127.5).round().to(torch.uint8)
+    fitted = MixturePrior(2, 2)
+    model = LatentsAsPixels(fitted)
+    fit_latent_prior(model, images, seed=0)
+    order = fitted.means[:, 0].argsort()
+    assert torch.allclose(fitted.weights[order], torch.tensor([0.3, 0.7]), atol=0.03)
+    assert torch.allclose(fitted.means[order], truth.means, atol=0.1)
+    recovered = fitted.scale_tril @ fitted.scale_tril.transpose(1, 2)
+    assert torch.allclose(recovered[order], covariances, atol=0.06)
 
 
 def test_encode_is_the_scaled_posterior_mean_and_sampling_uses_the_generator():

@@ -61,6 +61,31 @@ def test_bundled_shapes_autoencoder_reconstructs_a_scene(shapes_folder):
     assert 10 * torch.log10(1 / mse) > 30
 
 
+@pytest.mark.skipif("shapes-v32" not in BUNDLED, reason="the shapes-v32 VAE is not bundled")
+def test_bundled_vector_vae_prior_draws_scenes_and_dreams_the_prompt():
+    """Draws from the fitted prior decode to one- or two-object scenes; the decoder drawer with
+    `shapes-clip` and reranked starts makes what the prompt names (pixel checker)."""
+    import torch
+
+    from imagesynth.data.shapes_check import check, detect_objects
+    from imagesynth.guided import DreamConfig, dream
+    from imagesynth.nets.autoencoder import load_autoencoder
+
+    vae = load_autoencoder("shapes-v32")
+    with torch.no_grad():
+        images = (vae.decode(vae.latent_prior.sample(64, torch.Generator().manual_seed(0))) + 1) / 2
+    arrays = (images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    scenes = sum(1 <= len(detect_objects(array)) <= 2 for array in arrays)
+    assert scenes >= 58, f"{scenes} of 64 prior draws are scenes"
+    prompts = ("a red triangle", "a blue circle", "a green square", "a yellow triangle")
+    passed = [check(dream(DreamConfig(prompt=prompt, drawer="decoder", decoder="shapes-v32",
+                                      scorer="shapes-clip", width=32, height=32, steps=60,
+                                      cutouts=8, lr_schedule="cosine", init_candidates=64,
+                                      seed=0), decoder=vae).image, prompt).ok
+              for prompt in prompts]
+    assert sum(passed) >= 3, dict(zip(prompts, passed))
+
+
 EMOJI_NAMES = ("red apple", "banana", "fire", "ghost", "rocket", "slice of pizza", "snowman",
                "carrot", "palm tree", "grinning face", "loudly crying face", "sparkling heart",
                "thumbs up sign", "white medium star", "dog face", "closed umbrella")

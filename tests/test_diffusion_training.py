@@ -155,6 +155,16 @@ def test_latent_mode_records_the_autoencoder_and_generates(shapes16, tmp_path, m
     assert out.images[0].size == (16, 16)
 
 
+def test_a_vector_vae_is_refused_as_the_latent_space(shapes16, tmp_path, minilm):
+    from imagesynth.nets.autoencoder import Autoencoder, autoencoder_config
+
+    vae = Autoencoder(autoencoder_config("tiny-v8"))
+    with pytest.raises(ConfigError, match="no latent grid") as info:
+        train_diffusion(shapes16, tmp_path / "v", preset="tiny", show_progress=False,
+                        autoencoder=vae, autoencoder_hash="ab" * 32, text_encoder=minilm)
+    assert info.value.field == "autoencoder"
+
+
 def test_training_errors_name_the_field(shapes16, tmp_path):
     with pytest.raises(ConfigError) as info:
         train_diffusion(shapes16, tmp_path / "x", preset="huge")

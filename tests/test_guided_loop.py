@@ -129,6 +129,8 @@ def test_cli_writes_png_and_gif(tiny_clips, tmp_path, capsys):
     (["x", "--init-colour", "white", "--init-image", "x.png"], "init_colour"),
     (["x", "--init-noise", "-1"], "init_noise"),
     (["x", "--lr-schedule", "linear"], "lr_schedule"),
+    (["x", "--init-candidates", "0"], "init_candidates"),
+    (["x", "--init-candidates", "4", "--init-colour", "white"], "init_candidates"),
 ])
 def test_cli_bad_input_is_one_line_naming_the_field(tiny_clips, tmp_path, capsys, args, field):
     code = run(["dream", *args, "--scorer", tiny_clips[0][0], "--out", str(tmp_path / "x.png")])
@@ -170,3 +172,52 @@ def test_cosine_lr_schedule_is_recorded_and_settles_the_image(tiny_clips):
         moved[schedule] = float((last - before).abs().mean())
         assert result.recipe["dream"]["lr_schedule"] == schedule
     assert moved["cosine"] < 0.2 * moved["constant"]
+
+
+def test_init_candidates_start_from_the_random_start_scorer_a_rates_best(tiny_clips):
+    """The first candidate is the single-start init; the chosen start scores the maximum of all."""
+    folders, (scorer_a, _) = tiny_clips
+    from imagesynth.guided.drawers import build_drawer
+    from imagesynth.guided.loop import _seeds, _Targets
+    from imagesynth.guided.prompts import parse_prompts
+
+    targets = _Targets(scorer_a, parse_prompts("a red circle"), 16, 16)
+    generator = torch.Generator().manual_seed(_seeds(5)[0])
+    with torch.no_grad():  # the candidates dream() draws, in the same order from the same seed
+        scores = [targets.score(scorer_a, build_drawer("pixels", 16, 16, generator).render())
+                  for _ in range(6)]
+    assert max(scores) > scores[0]  # otherwise the test could not tell the two apart
+    single = dream(_config(folders, steps=1, seed=5), scorer=scorer_a)
+    best = dream(_config(folders, steps=1, seed=5, init_candidates=6), scorer=scorer_a)
+    assert single.history[0]["score"] == pytest.approx(scores[0], abs=1e-6)
+    assert best.history[0]["score"] == pytest.approx(max(scores), abs=1e-6)
+    assert best.recipe["dream"]["init_candidates"] == 6
+    again = dream(_config(folders, steps=1, seed=5, init_candidates=6), scorer=scorer_a)
+    assert again.image.tobytes() == best.image.tobytes()
+
+
+def test_decoder_drawer_recipe_pins_the_vector_vae_and_reproduce_checks_it(tiny_clips, tmp_path):
+    from imagesynth.nets.autoencoder import Autoencoder, autoencoder_config, model_config
+    from imagesynth.registry import write_model_folder
+
+    folders, (scorer_a, _) = tiny_clips
+
+    def write_vae(seed):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vae = Autoencoder(autoencoder_config("tiny-v8"))
+        return write_model_folder(tmp_path / "vae", vae.state_dict(), model_config(vae.config),
+                                  "# test vae\n")
+
+    folder = str(write_vae(0))
+    config = _config(folders, drawer="decoder", decoder=folder, steps=3, init_candidates=3)
+    result = dream(config, scorer=scorer_a)
+    assert result.image.size == (16, 16)
+    digest = result.recipe["decoder"]["model_hash"]
+    assert len(digest) == 64 and result.recipe["dream"]["init_candidates"] == 3
+    assert reproduce_from_recipe(result.recipe, scorer=scorer_a).tobytes() == \
+        result.image.tobytes()
+    write_vae(1)  # other weights at the same path
+    with pytest.raises(IntegrityError) as info:
+        reproduce_from_recipe(result.recipe, scorer=scorer_a)
+    assert info.value.field == "decoder"

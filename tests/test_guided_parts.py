@@ -105,6 +105,26 @@ def test_decoder_drawer_init_encodes_with_our_autoencoder():
         assert torch.equal(drawer.latents, autoencoder.encode(target * 2 - 1))
 
 
+def test_decoder_drawer_with_a_vector_vae_makes_only_its_size():
+    from imagesynth.nets.autoencoder import Autoencoder, autoencoder_config
+
+    torch.manual_seed(0)
+    vae = Autoencoder(autoencoder_config("tiny-v8"))
+    drawer = DecoderDrawer(16, 16, _gen(), vae)
+    assert drawer.latents.shape == (1, 8, 1, 1)
+    # the start is a draw from the VAE's sampling prior, not N(0, I)
+    assert torch.equal(drawer.latents.detach(), vae.latent_prior.sample(1, _gen()))
+    drawer.render().mean().backward()
+    assert drawer.latents.grad.abs().sum() > 0
+    target = _image(seed=3)
+    drawer.init_from_image(target)
+    with torch.no_grad():
+        assert torch.equal(drawer.latents, vae.encode(target * 2 - 1))
+    with pytest.raises(ConfigError, match="only 16x16") as info:
+        DecoderDrawer(32, 32, _gen(), vae)
+    assert info.value.field == "size"
+
+
 @pytest.mark.parametrize("name,size,kwargs", [
     ("pixelart", (30, 30), {"cells": 8}),
     ("decoder", (18, 16), {"decoder": TinyDecoder()}),

@@ -285,6 +285,10 @@ def train_diffusion(data: str | Path, out: str | Path, preset: str = "shapes",
             if autoencoder_hash is None:
                 raise ConfigError("a loaded autoencoder needs its weights hash",
                                   field="autoencoder_hash")
+        if getattr(autoencoder, "fixed_image_size", None) is not None:
+            raise ConfigError("a vector VAE has no latent grid for a UNet to denoise",
+                              field="autoencoder",
+                              fix="pass a grid autoencoder (e.g. shapes-f4), or none")
         samples = cached_latents(autoencoder, autoencoder_hash, images_u8, out)
         latent_info = {"spec": spec, "sha256": autoencoder_hash,
                        "latent_channels": int(autoencoder.latent_channels),

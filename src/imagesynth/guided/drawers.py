@@ -198,6 +198,10 @@ class DecoderDrawer(nn.Module):
             raise ConfigError("needs .decode(latents), .latent_channels and .downsample_factor",
                               field="decoder")
         factor = int(decoder.downsample_factor)
+        fixed = getattr(decoder, "fixed_image_size", None)  # vector VAEs make one size only
+        if fixed is not None and (height, width) != (fixed, fixed):
+            raise ConfigError(f"this decoder makes only {fixed}x{fixed} images, not "
+                              f"{width}x{height}", field="size", fix=f"use --size {fixed}")
         _check_size(height, width, factor, "decoder")
         self.size = (height, width)
         self.decoder = decoder
@@ -206,8 +210,13 @@ class DecoderDrawer(nn.Module):
         self._decode_kwargs = {"clamp": False} if "clamp" in parameters else {}
         if isinstance(decoder, nn.Module):
             decoder.eval().requires_grad_(False)
-        self.latents = nn.Parameter(latent_std * torch.randn(
-            1, int(decoder.latent_channels), height // factor, width // factor, generator=generator))
+        prior = getattr(decoder, "latent_prior", None)  # a vector VAE's fitted sampling prior
+        if prior is not None:
+            latents = prior.sample(1, generator)
+        else:
+            latents = latent_std * torch.randn(1, int(decoder.latent_channels), height // factor,
+                                               width // factor, generator=generator)
+        self.latents = nn.Parameter(latents)
 
     def parameters(self, recurse: bool = True):
         """Only the latent is optimised; the decoder stays frozen."""

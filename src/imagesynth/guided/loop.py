@@ -55,6 +55,7 @@ class DreamConfig:
     init_image: str | None = None
     init_colour: str | None = None  # start from a plain canvas of this colour ("white", "#rrggbb")
     init_noise: float = 0.0  # std of seeded noise added to the drawer's parameters after init
+    init_candidates: int = 1  # random starts to draw; the one scorer A likes best is optimised
     image_prompts: tuple[str, ...] = ()
     style: str | None = None
     edit_to: str | None = None  # edit the init image toward this text (directional CLIP loss)
@@ -89,6 +90,13 @@ class DreamConfig:
                 raise ConfigError("give either an init image or an init colour, not both",
                                   field="init_colour", fix="drop --init-colour or --init-image")
             colour_rgb(self.init_colour)
+        if self.init_candidates < 1:
+            raise ConfigError(f"must be >= 1, got {self.init_candidates}",
+                              field="init_candidates")
+        if self.init_candidates > 1 and (self.init_image or self.init_colour):
+            raise ConfigError("candidates are random starts; an init image or colour fixes the "
+                              "start", field="init_candidates",
+                              fix="drop --init-candidates or the init image/colour")
         if not (math.isfinite(self.init_noise) and self.init_noise >= 0):
             raise ConfigError(f"must be >= 0, got {self.init_noise}", field="init_noise")
         if self.learning_rate is not None and not (math.isfinite(self.learning_rate)
@@ -218,6 +226,13 @@ def _load_decoder(spec: str | None) -> Decoder | None:
     return load_autoencoder(spec)
 
 
+def _decoder_hash(spec: str) -> str | None:
+    """SHA-256 of an autoencoder's weights (what a decoder-drawer recipe pins)."""
+    from ..registry import Registry
+
+    return Registry().get(spec).weights_sha256
+
+
 def _load_diffusion(spec: str | None):
     if spec is None:
         raise missing_model_error()
@@ -256,12 +271,29 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
     W, H = config.width, config.height
     init_seed, cutout_seed = _seeds(config.seed)
     init_generator = torch.Generator().manual_seed(init_seed)
-    drawer = build_drawer(config.drawer, H, W, init_generator,
-                          cells=config.cells, palette=parse_palette(config.palette),
-                          decoder=decoder, diffusion=diffusion, prompt=prompt,
-                          negative_prompt=negative_prompt, diffusion_steps=config.diffusion_steps,
-                          diffusion_sampler=config.diffusion_sampler,
-                          diffusion_guidance=config.diffusion_guidance)
+    guide = _Targets(scorer, targets, W, H)
+
+    def new_drawer() -> torch.nn.Module:
+        return build_drawer(config.drawer, H, W, init_generator,
+                            cells=config.cells, palette=parse_palette(config.palette),
+                            decoder=decoder, diffusion=diffusion, prompt=prompt,
+                            negative_prompt=negative_prompt,
+                            diffusion_steps=config.diffusion_steps,
+                            diffusion_sampler=config.diffusion_sampler,
+                            diffusion_guidance=config.diffusion_guidance)
+
+    drawer = new_drawer()
+    if config.init_candidates > 1:
+        # Rerank random starts with scorer A (DALL-E's CLIP reranking, here of starting points):
+        # a generator's prior sample that already resembles the prompt needs the gradient only
+        # to refine it, not to cross regions of the latent space that decode to no scene.
+        with torch.no_grad():
+            best_score = guide.score(scorer, drawer.render())
+            for _ in range(config.init_candidates - 1):
+                candidate = new_drawer()
+                score = guide.score(scorer, candidate.render())
+                if score > best_score:
+                    drawer, best_score = candidate, score
     init = None
     if config.init_image is not None:
         init = load_image_tensor(config.init_image, W, H, "init_image")
@@ -295,7 +327,6 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
                               .mean(0, keepdim=True))
     else:
         score_targets = targets
-    guide = _Targets(scorer, targets, W, H)
     score_a = _Targets(scorer, score_targets, W, H) if editing else guide
     score_b = _Targets(held_out_scorer, score_targets, W, H) if held_out_scorer is not None else None
 
@@ -396,6 +427,8 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
         config = replace(config, diffusion_model=diffusion.model_name,
                          diffusion_guidance=drawer.guidance_scale)
         extra["diffusion"] = drawer.recipe()
+    if config.drawer == "decoder" and config.decoder is not None:
+        extra["decoder"] = {"model": config.decoder, "model_hash": _decoder_hash(config.decoder)}
     recipe = {**_recipe(config, scorer, held_out_scorer, history, adversarial), **extra}
     return DreamResult(to_pil(final), recipe, history, adversarial, frames)
 
@@ -460,6 +493,11 @@ def reproduce_from_recipe(recipe: dict, *, scorer: Scorer | None = None,
                                  "that made this image (weights SHA-256 differs)",
                                  field="diffusion_model",
                                  fix="install the exact model the recipe names")
+    expected = (recipe.get("decoder") or {}).get("model_hash")
+    if expected and config.drawer == "decoder" and _decoder_hash(config.decoder) != expected:
+        raise IntegrityError(f"autoencoder {config.decoder!r} is not the model that made this "
+                             "image (weights SHA-256 differs)", field="decoder",
+                             fix="install the exact model the recipe names")
     result = dream(config, scorer=scorer, held_out_scorer=held_out_scorer, decoder=decoder,
                    diffusion=diffusion)
     return result.image

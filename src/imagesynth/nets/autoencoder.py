@@ -1,16 +1,19 @@
-"""A small KL-regularised autoencoder (Stable Diffusion's VAE design) for latent diffusion.
+"""Small KL-regularised autoencoders: SD's VAE design for latent diffusion, and a vector VAE.
 
 The network is diffusers' `AutoencoderKL`: a ResNet encoder predicts a diagonal Gaussian
 posterior q(z|x) = N(mu, sigma^2) over a `latent_channels`-channel grid `downsample_factor`
 times smaller than the image, and a mirrored decoder maps z back to pixels. Latent diffusion
 works on `z * scaling_factor`, where `scaling_factor = 1 / std(z)` over the training set
 (Rombach et al. 2022, sec. 4.3.2), so the denoiser sees roughly unit-variance latents.
+The `vector` architecture (`imagesynth.nets.vector_vae`) has one latent vector per image
+instead of a grid: a generator for CLIP-guided synthesis rather than a space for diffusion.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from diffusers import AutoencoderKL
@@ -20,6 +23,7 @@ from torch import nn
 from ..config import from_dict, to_dict
 from ..errors import ConfigError, InputImageError, ModelNotFoundError
 from ..registry import Registry
+from .vector_vae import VectorVAE
 
 FAMILY = "autoencoder"
 
@@ -30,9 +34,17 @@ class AutoencoderConfig:
 
     image_size: int = 64
     image_channels: int = 3
+    #: latent grid channels ("kl-grid"), or the latent vector's length ("vector")
     latent_channels: int = 4
-    #: one encoder stage per entry; every stage after the first halves the resolution
+    #: "kl-grid": diffusers' AutoencoderKL; "vector": one latent vector per image (VectorVAE)
+    architecture: Literal["kl-grid", "vector"] = "kl-grid"
+    #: one encoder stage per entry; "kl-grid": every stage after the first halves the
+    #: resolution; "vector": every stage does
     block_out_channels: tuple[int, ...] = (32, 64, 128)
+    #: "vector" only: width of the MLP between the last feature map and the latent
+    hidden_width: int = 256
+    #: "vector" only: Gaussians in the mixture fitted to the training latents for sampling
+    prior_components: int = 16
     layers_per_block: int = 1
     norm_num_groups: int = 32
     #: self-attention in the bottleneck (SD has it; costly at high latent resolution)
@@ -41,6 +53,9 @@ class AutoencoderConfig:
     scaling_factor: float = 1.0
 
     def __post_init__(self):
+        if self.architecture not in ("kl-grid", "vector"):
+            raise ConfigError(f"unknown architecture {self.architecture!r}", field="architecture",
+                              fix="choose kl-grid or vector")
         if not self.block_out_channels:
             raise ConfigError("needs at least one stage", field="block_out_channels")
         if any(c % self.norm_num_groups for c in self.block_out_channels):
@@ -53,10 +68,17 @@ class AutoencoderConfig:
             raise ConfigError("must be at least 1", field="latent_channels")
         if not self.scaling_factor > 0:
             raise ConfigError("must be positive", field="scaling_factor")
+        if self.prior_components < 1:
+            raise ConfigError("must be at least 1", field="prior_components")
+        if self.architecture == "vector" and self.image_size % 2 ** len(self.block_out_channels):
+            raise ConfigError(f"must be a multiple of 2^{len(self.block_out_channels)} (one "
+                              "halving per stage)", field="image_size")
 
     @property
     def downsample_factor(self) -> int:
-        """Image side / latent side."""
+        """Image side / latent side (a vector latent is a 1x1 grid: the whole image side)."""
+        if self.architecture == "vector":
+            return self.image_size
         return 2 ** (len(self.block_out_channels) - 1)
 
 
@@ -70,6 +92,13 @@ PRESETS: dict[str, AutoencoderConfig] = {
                                    norm_num_groups=8, mid_block_attention=False),
     "emoji-f4": AutoencoderConfig(image_size=64, block_out_channels=(16, 32, 64),
                                   norm_num_groups=8, mid_block_attention=False),
+    # vector VAEs: "<data>-v<latent length>"
+    "tiny-v8": AutoencoderConfig(image_size=16, architecture="vector", latent_channels=8,
+                                 block_out_channels=(8, 16), norm_num_groups=4, hidden_width=32,
+                                 prior_components=4, mid_block_attention=False),
+    "shapes-v32": AutoencoderConfig(image_size=32, architecture="vector", latent_channels=32,
+                                    block_out_channels=(32, 64, 128), norm_num_groups=8,
+                                    mid_block_attention=False),
 }
 
 
@@ -88,15 +117,20 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.config = config
         stages = len(config.block_out_channels)
-        self.vae = AutoencoderKL(
-            in_channels=config.image_channels, out_channels=config.image_channels,
-            down_block_types=("DownEncoderBlock2D",) * stages,
-            up_block_types=("UpDecoderBlock2D",) * stages,
-            block_out_channels=tuple(config.block_out_channels),
-            layers_per_block=config.layers_per_block, latent_channels=config.latent_channels,
-            norm_num_groups=config.norm_num_groups, sample_size=config.image_size,
-            scaling_factor=config.scaling_factor,
-            mid_block_add_attention=config.mid_block_attention)
+        if config.architecture == "vector":
+            self.vae = VectorVAE(config.image_size, config.image_channels, config.latent_channels,
+                                 tuple(config.block_out_channels), config.hidden_width,
+                                 config.prior_components)
+        else:
+            self.vae = AutoencoderKL(
+                in_channels=config.image_channels, out_channels=config.image_channels,
+                down_block_types=("DownEncoderBlock2D",) * stages,
+                up_block_types=("UpDecoderBlock2D",) * stages,
+                block_out_channels=tuple(config.block_out_channels),
+                layers_per_block=config.layers_per_block, latent_channels=config.latent_channels,
+                norm_num_groups=config.norm_num_groups, sample_size=config.image_size,
+                scaling_factor=config.scaling_factor,
+                mid_block_add_attention=config.mid_block_attention)
 
     @property
     def latent_channels(self) -> int:
@@ -119,14 +153,25 @@ class Autoencoder(nn.Module):
         return self.config.image_size
 
     @property
+    def fixed_image_size(self) -> int | None:
+        """The only side a vector VAE can make; None when any multiple of the factor works."""
+        return self.config.image_size if self.config.architecture == "vector" else None
+
+    @property
     def latent_size(self) -> int:
         """The latent side length at the training image size."""
         return self.config.image_size // self.config.downsample_factor
 
+    @property
+    def latent_prior(self):
+        """The vector VAE's sampling prior over scaled latents (`.sample(n, generator)`), or None."""
+        return self.vae.prior if self.config.architecture == "vector" else None
+
     def with_scaling_factor(self, scaling_factor: float) -> "Autoencoder":
         """Record a measured scaling factor (in place); returns self."""
         self.config = dataclasses.replace(self.config, scaling_factor=float(scaling_factor))
-        self.vae.register_to_config(scaling_factor=float(scaling_factor))
+        if isinstance(self.vae, AutoencoderKL):
+            self.vae.register_to_config(scaling_factor=float(scaling_factor))
         return self
 
     def _check_images(self, images: torch.Tensor) -> None:
