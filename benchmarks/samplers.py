@@ -43,6 +43,13 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
     return (nfe + 1) // 2 if sampler == "heun" else nfe
 
 
+def starting_noise(seeds: list[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Unit 2-D noise per sample, and the per-sample generators it was drawn from (ancestral
+    samplers go on drawing from them)."""
+    generators = generators_from_seeds(seeds)
+    return randn_like_per_sample(torch.empty(len(seeds), 2, dtype=torch.float64), generators), generators
+
+
 def distance_sweep(num_samples: int, nfe_grid: list[int], ancestral_max_nfe: int,
                    std: float = 0.05) -> dict:
     mixture = GaussianMixture.ring(num_components=8, radius=1.0, std=std)
@@ -53,8 +60,7 @@ def distance_sweep(num_samples: int, nfe_grid: list[int], ancestral_max_nfe: int
     seeds = list(range(num_samples))
     # Noise-free error: each sample against the same noise's ODE solution (Heun, 1,000 steps)
     ode_sigmas = karras_sigmas(1000, SIGMA_MIN, SIGMA_MAX, RHO, dtype=torch.float64)
-    start_noise = randn_like_per_sample(torch.empty(num_samples, 2, dtype=torch.float64),
-                                        generators_from_seeds(seeds))
+    start_noise, _ = starting_noise(seeds)
     ode_solution = get_sampler("heun")(mixture, start_noise * ode_sigmas[0], ode_sigmas)
     results = {"noise_floor": floors[0], "noise_floor_range": [min(floors), max(floors)],
                "samplers": {}}
@@ -65,8 +71,8 @@ def distance_sweep(num_samples: int, nfe_grid: list[int], ancestral_max_nfe: int
                 continue
             steps = steps_for_nfe(name, nfe)
             sigmas = karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX, RHO, dtype=torch.float64)
-            generators = generators_from_seeds(seeds)
-            x = randn_like_per_sample(torch.empty(num_samples, 2, dtype=torch.float64), generators) * sigmas[0]
+            noise, generators = starting_noise(seeds)
+            x = noise * sigmas[0]
             timed = TimedDenoiser(mixture)
             start = time.perf_counter()
             samples = get_sampler(name)(timed, x, sigmas, generator=generators)

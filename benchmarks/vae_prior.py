@@ -21,6 +21,7 @@ import torch
 
 from imagesynth.data.shapes_check import detect_objects
 from imagesynth.nets.autoencoder import load_autoencoder
+from imagesynth.nets.autoencoder_training import to_uint8
 
 
 def main() -> None:
@@ -40,8 +41,7 @@ def main() -> None:
     else:
         z = torch.randn(args.samples, model.latent_channels, 1, 1, generator=generator)
     with torch.no_grad():
-        images = (model.decode(z) + 1) / 2  # [N, 3, S, S] in [0, 1]
-    arrays = (images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+        arrays = to_uint8(model.decode(z)).permute(0, 2, 3, 1).numpy()  # [N, S, S, 3]
     counts, colours, shapes = Counter(), Counter(), Counter()
     for array in arrays:
         objects = detect_objects(array)
