@@ -63,3 +63,21 @@ def tiny_clip_run(tmp_path_factory):
     result = train_clip(root / "shapes", root / "run", preset="tiny",
                         overrides=dict(max_steps=60, eval_every=30), show_progress=False)
     return root, result
+
+
+@pytest.fixture(scope="session")
+def studio_model(tmp_path_factory):
+    """A tiny 16 px diffusion model registered as `tiny` in the test home (for studio tests)."""
+    from studio_support import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("studio-model"))
+
+
+@pytest.fixture(scope="module")
+def studio(studio_model, tmp_path_factory):
+    """A running studio server (real process, free loopback port) with the tiny model."""
+    from studio_support import StudioProcess
+
+    server = StudioProcess(tmp_path_factory.mktemp("studio") / "data").start()
+    yield server
+    server.stop()

@@ -104,6 +104,39 @@ def test_img2img_and_inpainting_keep_what_they_should(pipe, tmp_path):
     assert "mask_hash" in painted.recipes[0]
 
 
+def test_outpainting_keeps_the_shrunk_image_and_repaints_the_border(pipe, tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    result = pipe("a red circle", seed=0, num_steps=3, init_image=tmp_path / "in.png",
+                  outpaint=(4, 0, 4, 0))
+    inner = np.asarray(Image.open(tmp_path / "in.png").resize((8, 16), Image.Resampling.LANCZOS))
+    pixels = np.asarray(result.images[0]).astype(int)
+    assert np.abs(pixels[:, 4:12] - inner.astype(int)).max() <= 1  # the kept image comes back
+    assert np.abs(pixels[:, :4] - pixels[:, 4:5]).max() > 8  # the border was painted anew
+    assert result.recipes[0]["outpaint"] == [4, 0, 4, 0]
+
+
+def test_cli_outpaint_then_reproduce_is_identical(tiny_model, tmp_path, capsys):
+    Image.new("RGB", (16, 16), (30, 90, 200)).save(tmp_path / "in.png")
+    out = tmp_path / "out.png"
+    assert run(["generate", "a red circle", "--model", str(tiny_model), "--steps", "3",
+                "--init-image", str(tmp_path / "in.png"), "--outpaint", "2,2,2,2",
+                "--out", str(out)]) == 0
+    assert run(["reproduce", str(out), "--init-image", str(tmp_path / "in.png")]) == 0
+    assert "identical" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("borders, field", [("8,8,8,8", "outpaint"), ("1,2", "outpaint"),
+                                            ("0", "outpaint")])
+def test_bad_outpaint_borders_name_the_field(tiny_model, tmp_path, capsys, borders, field):
+    Image.new("RGB", (16, 16)).save(tmp_path / "in.png")
+    code = run(["generate", "a red circle", "--model", str(tiny_model), "--steps", "2",
+                "--init-image", str(tmp_path / "in.png"), "--outpaint", borders,
+                "--out", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and f"{field}:" in err and len(err.splitlines()) == 1
+
+
 @pytest.mark.parametrize("kwargs, field", [
     (dict(prompt="  "), "prompt"),
     (dict(prompt="a red circle", guidance_scale=-1.0), "guidance"),

@@ -46,6 +46,10 @@ class OversizedImageError(InputImageError):
     """An input image has more pixels or bytes than the decoder allows."""
 
 
+class UnsupportedImageError(InputImageError):
+    """An input file is not an image of an allowed format (PNG, JPEG, WEBP)."""
+
+
 class DataError(UsageError):
     """A data set folder or caption file is missing or malformed."""
 

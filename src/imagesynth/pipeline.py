@@ -188,16 +188,22 @@ class DiffusionPipeline:
                                fix="lower the guidance scale")
         return images
 
-    def _init_and_mask(self, init_image: ImageInput | None, mask: ImageInput | None, size: int
+    def _init_and_mask(self, init_image: ImageInput | None, mask: ImageInput | None, size: int,
+                       outpaint: tuple[int, int, int, int] | None = None
                        ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
         """Init image [1,3,S,S] in [-1,1] and mask [1,1,s,s] in the denoiser's resolution."""
         recipe: dict[str, Any] = {}
         if mask is not None and init_image is None:
             raise ConfigError("a mask needs an init image to repaint", field="mask",
                               fix="pass --init-image with --mask")
+        if outpaint is not None and (init_image is None or mask is not None):
+            raise ConfigError("outpainting extends an init image and paints its own mask",
+                              field="outpaint", fix="pass --init-image and no --mask")
         if init_image is None:
             return None, None, recipe
         image, recipe["init_image_hash"] = _read_input_image(init_image, "RGB", "init_image")
+        if outpaint is not None:
+            return self._outpaint_canvas(image, size, outpaint) + (recipe,)
         if image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.LANCZOS)
         x0 = _to_tensor(image).to(self.device) * 2 - 1
@@ -211,14 +217,40 @@ class DiffusionPipeline:
             mask_tensor = _to_tensor(mask_image).to(self.device)
         return x0, mask_tensor, recipe
 
+    def _outpaint_canvas(self, image: Image.Image, size: int, pads: tuple[int, int, int, int]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outpainting at a fixed model size: shrink the image into the canvas, pad, mask the border."""
+        from .diffusion import pad_for_outpaint
+
+        left, top, right, bottom = pads
+        inner_w, inner_h = size - left - right, size - top - bottom
+        if min(pads) < 0 or inner_w < 1 or inner_h < 1 or left + top + right + bottom == 0:
+            raise ConfigError(f"borders {left},{top},{right},{bottom} do not fit a {size}px image",
+                              field="outpaint",
+                              fix=f"give LEFT,TOP,RIGHT,BOTTOM >= 0, not all 0, each side < {size}")
+        inner = image.resize((inner_w, inner_h), Image.Resampling.LANCZOS)
+        x0, mask = pad_for_outpaint(_to_tensor(inner) * 2 - 1, left, top, right, bottom)
+        return x0.to(self.device), mask.to(self.device)
+
+    def preview(self, denoised: torch.Tensor) -> list[Image.Image]:
+        """A sampler step's `denoised` estimate (denoiser space) as 8-bit images, for live previews."""
+        with torch.no_grad():
+            images = self.decode(denoised) if self.autoencoder is not None else denoised
+        return _to_pil(torch.nan_to_num(images.float()))
+
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], *, seed: int | list[int] = 0,
                  negative_prompt: str = "", num_images: int = 1, num_steps: int | None = None,
                  sampler: str | None = None, guidance_scale: float | None = None,
                  size: int | None = None, init_image: ImageInput | None = None,
                  strength: float = 0.6, mask: ImageInput | None = None,
-                 mask_blur: float = 0.0) -> GenerationResult:
-        """Generate images: one per prompt, or `num_images` of one prompt with seeds seed, seed+1, ..."""
+                 mask_blur: float = 0.0, outpaint: tuple[int, int, int, int] | None = None,
+                 callback=None) -> GenerationResult:
+        """Generate images: one per prompt, or `num_images` of one prompt with seeds seed, seed+1, ...
+
+        `callback(i, sigma, x, denoised)` runs every sampler step (previews, progress, cancel);
+        `outpaint=(left, top, right, bottom)` extends the init image by repainting those borders.
+        """
         from .diffusion import InpaintDenoiser, get_sampler, img2img_sigmas, randn_like_per_sample
         from .diffusion.noise import generators_from_seeds
 
@@ -241,7 +273,8 @@ class DiffusionPipeline:
         size = self.image_size if size is None else size
         self._validate(prompts, num_steps, guidance_scale, size, strength, seeds)
         sample = get_sampler(sampler_name)
-        x0, mask_tensor, edit_recipe = self._init_and_mask(init_image, mask, size)
+        outpaint = tuple(outpaint) if outpaint is not None else None
+        x0, mask_tensor, edit_recipe = self._init_and_mask(init_image, mask, size, outpaint)
 
         denoiser = self.guided_denoiser(prompts, negative_prompt, guidance_scale)
         generators = generators_from_seeds(seeds)
@@ -251,14 +284,15 @@ class DiffusionPipeline:
         if x0 is None:
             sigmas = self.sigmas(num_steps)
             x = randn_like_per_sample(template, generators) * sigmas[0]
-            result = sample(denoiser, x, sigmas, generator=generators)
+            result = sample(denoiser, x, sigmas, generator=generators, callback=callback)
         else:
             z0 = self._encode_image(x0).expand(len(seeds), -1, -1, -1)
             if mask_tensor is None:
                 from .diffusion import img2img
 
                 sigmas = img2img_sigmas(num_steps, strength, SIGMA_MIN, SIGMA_MAX, RHO)
-                result = img2img(sample, denoiser, z0, sigmas.to(self.device), generators)
+                result = img2img(sample, denoiser, z0, sigmas.to(self.device), generators,
+                                 callback=callback)
             else:
                 if side != size:  # latent model: the mask covers latent cells
                     mask_tensor = torch.nn.functional.interpolate(mask_tensor, size=(side, side),
@@ -266,7 +300,7 @@ class DiffusionPipeline:
                 inpaint = InpaintDenoiser(denoiser, z0, mask_tensor, generators, mask_blur)
                 sigmas = self.sigmas(num_steps)
                 result = sample(inpaint, inpaint.start(sigmas[0], generators), sigmas,
-                                generator=generators)
+                                generator=generators, callback=callback)
         images = _to_pil(self._decode(result))
 
         common = {"negative_prompt": negative_prompt, "steps": num_steps, "sampler": sampler_name,
@@ -280,6 +314,8 @@ class DiffusionPipeline:
             common.update(edit_recipe, strength=strength if mask_tensor is None else None)
             if mask_tensor is not None:
                 common["mask_blur"] = mask_blur
+            if outpaint is not None:
+                common["outpaint"] = list(outpaint)
         recipes = [{"prompt": p, "seed": s, **common} for p, s in zip(prompts, seeds)]
         return GenerationResult(images, recipes)
 

@@ -23,7 +23,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 def _register() -> None:
     """Import the command modules; each adds its commands/sub-apps to `app`."""
     from . import (clip_apps, data, doctor, dream, evaluate, generate, models,  # noqa: F401
-                   train, train_autoencoder, train_diffusion)
+                   serve, train, train_autoencoder, train_diffusion)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from ..errors import InputImageError, UsageError
+from ..errors import UsageError
 from . import app
 
 console = Console(soft_wrap=True)
@@ -45,19 +45,23 @@ def generate(
     init_image: Optional[Path] = typer.Option(None, help="Start from this image (img2img)."),
     strength: float = typer.Option(0.6, help="img2img: how much to change the init image, in (0, 1]."),
     mask: Optional[Path] = typer.Option(None, help="Inpainting mask (white = repaint), same size as the image."),
+    mask_blur: float = typer.Option(0.0, help="Inpainting: blur radius of the mask edge, in pixels."),
+    outpaint: Optional[str] = typer.Option(None, help='Outpainting: "LEFT,TOP,RIGHT,BOTTOM" borders to paint around --init-image.'),
     out: Path = typer.Option(Path("outputs"), help="Output folder, or FILE.png."),
     grid: bool = typer.Option(False, help="Also write all images as one grid PNG."),
 ) -> None:
     """Generate images from a prompt; every PNG carries its full recipe."""
-    from ..api import load
+    from ..config import from_dict
+    from ..generation import GenerateConfig, generate as run_generate, parse_borders
     from ..io.pngmeta import save_png
 
-    if n < 1:
-        raise UsageError(f"--n must be at least 1, got {n}", field="n")
-    pipe = load(model)
-    result = pipe(prompt, seed=seed, negative_prompt=negative, num_images=n, num_steps=steps,
-                  sampler=sampler, guidance_scale=guidance, size=size, init_image=init_image,
-                  strength=strength, mask=mask)
+    config = from_dict(GenerateConfig, {
+        "prompt": prompt, "model": model, "negative": negative, "seed": seed, "n": n,
+        "steps": steps, "sampler": sampler, "guidance": guidance, "size": size,
+        "init_image": str(init_image) if init_image else None, "strength": strength,
+        "mask": str(mask) if mask else None, "mask_blur": mask_blur,
+        "outpaint": parse_borders(outpaint)})
+    result = run_generate(config)
     paths = _output_paths(out, prompt, [r["seed"] for r in result.recipes])
     for image, recipe, path in zip(result.images, result.recipes, paths):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,52 +86,16 @@ def reproduce(
     out: Optional[Path] = typer.Option(None, help="Also save the regenerated image here."),
 ) -> None:
     """Regenerate an image (generate or dream) from its PNG recipe; report whether pixels match."""
-    from ..api import load
-    from ..io.pngmeta import read_recipe
-
-    recipe = read_recipe(image)
-    if recipe.get("kind") == "dream":  # written by `imagesynth dream`: replay the optimisation
-        from ..guided import reproduce_from_recipe
-
-        _report_match(image, reproduce_from_recipe(recipe), out, recipe)
-        return
-    if "seed" not in recipe or "model" not in recipe:
-        raise InputImageError("the PNG has no imagesynth generation recipe", field="image",
-                              fix="pass a PNG written by `imagesynth generate`")
-    for name, given, key in (("--init-image", init_image, "init_image_hash"),
-                             ("--mask", mask, "mask_hash")):
-        if recipe.get(key) and given is None:
-            raise UsageError(f"this image was made with an input image; pass {name}", field=name)
-    pipe = load(recipe["model"])
-    if pipe.model_hash != recipe.get("model_hash"):
-        console.print("[yellow]warning:[/] the model's weights differ from the recipe's model hash")
-    result = pipe(recipe["prompt"], seed=recipe["seed"], negative_prompt=recipe.get("negative_prompt", ""),
-                  num_steps=recipe["steps"], sampler=recipe["sampler"],
-                  guidance_scale=recipe["guidance_scale"], size=recipe["size"][0],
-                  init_image=init_image, strength=recipe.get("strength") or 0.6, mask=mask,
-                  mask_blur=recipe.get("mask_blur", 0.0))
-    for key in ("init_image_hash", "mask_hash"):
-        if recipe.get(key) and result.recipes[0].get(key) != recipe[key]:
-            raise InputImageError(f"the given file does not match the recipe's {key}",
-                                  field=key.removesuffix("_hash"))
-    _report_match(image, result.images[0], out, result.recipes[0])
-
-
-def _report_match(image: Path, regenerated, out: Optional[Path], recipe: dict) -> None:
-    """Print whether `regenerated` equals the PNG's pixels; exit 1 when it does not."""
-    from ..io.images import open_image
+    from ..generation import reproduce_image
     from ..io.pngmeta import save_png
-    from ..pipeline import image_bytes_equal
 
+    report = reproduce_image(image, init_image=init_image, mask=mask, on_warning=lambda text:
+                             console.print(f"[yellow]warning:[/] {text}"))
     if out is not None:
-        save_png(regenerated, out, recipe)
-    if image_bytes_equal(open_image(image, mode="RGB"), regenerated):
+        save_png(report.image, out, report.recipe)
+    if report.identical:
         console.print(f"[green]identical[/]: {image} reproduced pixel for pixel")
         return
-    import numpy as np
-
-    original = np.asarray(open_image(image, mode="RGB"), dtype=np.int16)
-    difference = np.abs(original - np.asarray(regenerated, dtype=np.int16))
-    console.print(f"[red]different[/]: {int((difference > 0).any(-1).sum())} pixels differ, "
-                  f"max difference {int(difference.max())}/255")
+    console.print(f"[red]different[/]: {report.pixels_differ} pixels differ, "
+                  f"max difference {report.max_difference}/255")
     raise typer.Exit(1)

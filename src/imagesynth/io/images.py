@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageColor, UnidentifiedImageError
 
-from ..errors import ConfigError, InputImageError, OversizedImageError
+from ..errors import ConfigError, InputImageError, OversizedImageError, UnsupportedImageError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 #: 64 megapixels: far above anything imagesynth makes, far below a decompression bomb
@@ -68,7 +68,7 @@ def open_image(source: ImageSource, *, mode: str | None = "RGB", field: str = "i
     except InputImageError:
         raise
     except UnidentifiedImageError:
-        raise InputImageError(f"{name} is not a readable {'/'.join(ALLOWED_FORMATS)} image",
+        raise UnsupportedImageError(f"{name} is not a readable {'/'.join(ALLOWED_FORMATS)} image",
                               field=field, fix="convert it to PNG, JPEG or WEBP") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise OversizedImageError(f"{name} is a decompression bomb (too many pixels)", field=field,
@@ -99,7 +99,7 @@ def image_size(source: ImageSource, *, field: str = "image",
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
             return image.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise InputImageError(f"{name} is not a readable {'/'.join(ALLOWED_FORMATS)} image",
+        raise UnsupportedImageError(f"{name} is not a readable {'/'.join(ALLOWED_FORMATS)} image",
                               field=field, fix="convert it to PNG, JPEG or WEBP") from None
 
 

@@ -1,0 +1,199 @@
+"""The typed config of one text-to-image job and the calls the CLI and the studio share.
+
+`imagesynth generate` builds a `GenerateConfig` from its flags and the studio builds the same
+one from a JSON body, so both validate with the same messages and run the same function.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from .errors import ConfigError, InputImageError, UsageError
+
+#: prompts longer than this are refused before tokenisation (the text encoders' own cap)
+MAX_PROMPT_CHARS = 8192
+MAX_IMAGES = 64
+MAX_STEPS = 1000
+SAMPLER_NAMES = ("euler", "heun", "euler_ancestral", "dpmpp_2m", "ddpm")
+
+
+def _help(text: str, **extra: Any) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Everything `imagesynth generate` takes: text-to-image, img2img, inpainting, outpainting."""
+
+    prompt: str = field(metadata=_help("What the image should show."))
+    model: str = field(default="emoji", metadata=_help("Diffusion model: bundled/registered name."))
+    negative: str = field(default="", metadata=_help("Negative prompt (what to steer away from)."))
+    seed: int = field(default=0, metadata=_help("Seed of the first image; image i uses seed + i."))
+    n: int = field(default=1, metadata=_help("Number of images."))
+    steps: int | None = field(default=None, metadata=_help(
+        "Sampler steps (model default if omitted)."))
+    sampler: str | None = field(default=None, metadata=_help(
+        "Sampler (model default if omitted).", choices=SAMPLER_NAMES))
+    guidance: float | None = field(default=None, metadata=_help(
+        "Classifier-free guidance scale >= 0 (model default if omitted)."))
+    size: int | None = field(default=None, metadata=_help(
+        "Image side in pixels; only the model's training size is allowed."))
+    init_image: str | None = field(default=None, metadata=_help(
+        "Start from this image (img2img).", kind="image"))
+    strength: float = field(default=0.6, metadata=_help(
+        "img2img: how much to change the init image, in (0, 1]."))
+    mask: str | None = field(default=None, metadata=_help(
+        "Inpainting mask (white = repaint), same size as the image.", kind="image"))
+    mask_blur: float = field(default=0.0, metadata=_help(
+        "Inpainting: blur radius of the mask edge, in pixels."))
+    outpaint: tuple[int, int, int, int] | None = field(default=None, metadata=_help(
+        "Outpainting: LEFT,TOP,RIGHT,BOTTOM borders to paint around the init image."))
+
+    def __post_init__(self):
+        if not self.prompt.strip():
+            raise ConfigError("the prompt is empty", field="prompt",
+                              fix='describe the image, e.g. "a red circle"')
+        for name in ("prompt", "negative"):
+            if len(getattr(self, name)) > MAX_PROMPT_CHARS:
+                raise ConfigError(f"is {len(getattr(self, name))} characters, over the "
+                                  f"{MAX_PROMPT_CHARS}-character limit", field=name,
+                                  fix="shorten the prompt")
+        if not self.model.strip():
+            raise ConfigError("is empty", field="model", fix="see `imagesynth models list`")
+        if not 0 <= self.seed < 2 ** 63:
+            raise ConfigError(f"must be in [0, 2^63), got {self.seed}", field="seed")
+        if not 1 <= self.n <= MAX_IMAGES:
+            raise ConfigError(f"must be between 1 and {MAX_IMAGES}, got {self.n}", field="n")
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
+            raise ConfigError(f"must be between 1 and {MAX_STEPS}, got {self.steps}",
+                              field="steps")
+        if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
+            raise ConfigError(f"unknown sampler {self.sampler!r}", field="sampler",
+                              fix=f"choose one of: {', '.join(SAMPLER_NAMES)}")
+        if self.guidance is not None and not (math.isfinite(self.guidance)
+                                              and self.guidance >= 0):
+            raise ConfigError(f"must be a number >= 0, got {self.guidance}", field="guidance",
+                              fix="0 ignores the prompt, 1 is plain conditioning, 2-5 is typical")
+        if self.size is not None and not 1 <= self.size <= 4096:
+            raise ConfigError(f"must be between 1 and 4096, got {self.size}", field="size")
+        if not (math.isfinite(self.strength) and 0 < self.strength <= 1):
+            raise ConfigError(f"must be in (0, 1], got {self.strength}", field="strength")
+        if not (math.isfinite(self.mask_blur) and 0 <= self.mask_blur <= 64):
+            raise ConfigError(f"must be between 0 and 64, got {self.mask_blur}", field="mask_blur")
+        if self.mask is not None and self.init_image is None:
+            raise ConfigError("a mask needs an init image to repaint", field="mask",
+                              fix="pass --init-image with --mask")
+        if self.outpaint is not None:
+            if self.init_image is None or self.mask is not None:
+                raise ConfigError("outpainting extends an init image and paints its own mask",
+                                  field="outpaint", fix="pass --init-image and no --mask")
+            if min(self.outpaint) < 0 or sum(self.outpaint) == 0:
+                raise ConfigError("borders must be >= 0 and not all 0", field="outpaint",
+                                  fix="e.g. 8,0,8,0 paints 8 pixels on the left and right")
+
+
+def parse_borders(text: str | None) -> tuple[int, int, int, int] | None:
+    """"8,0,8,0" -> (8, 0, 8, 0) for --outpaint; "8" -> all four sides."""
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 4
+    if len(values) != 4:
+        raise ConfigError(f"{text!r} is not LEFT,TOP,RIGHT,BOTTOM", field="outpaint",
+                          fix='write four integers such as "8,0,8,0"')
+    return tuple(values)
+
+
+def generate(config: GenerateConfig, *, pipe=None, callback: Callable | None = None,
+             resolve_image: Callable[[str, str], Any] | None = None):
+    """Run one generate job; `resolve_image(reference, field)` maps image fields to sources."""
+    if pipe is None:
+        from .api import load
+
+        pipe = load(config.model)
+    resolve = resolve_image or (lambda reference, _field: Path(reference))
+    init = resolve(config.init_image, "init_image") if config.init_image else None
+    mask = resolve(config.mask, "mask") if config.mask else None
+    return pipe(config.prompt, seed=config.seed, negative_prompt=config.negative,
+                num_images=config.n, num_steps=config.steps, sampler=config.sampler,
+                guidance_scale=config.guidance, size=config.size, init_image=init,
+                strength=config.strength, mask=mask, mask_blur=config.mask_blur,
+                outpaint=config.outpaint, callback=callback)
+
+
+@dataclass(frozen=True)
+class ReproduceReport:
+    """Whether an image regenerated from its recipe equals the original, pixel for pixel."""
+
+    identical: bool
+    pixels_differ: int
+    max_difference: int
+    image: Image.Image
+    recipe: dict
+
+    def to_dict(self) -> dict:
+        """JSON form (without the image)."""
+        return {"identical": self.identical, "pixels_differ": self.pixels_differ,
+                "max_difference": self.max_difference}
+
+
+def compare_images(original: Image.Image, regenerated: Image.Image, recipe: dict
+                   ) -> ReproduceReport:
+    """Count the pixels where two RGB images differ."""
+    a = np.asarray(original.convert("RGB"), dtype=np.int16)
+    b = np.asarray(regenerated.convert("RGB"), dtype=np.int16)
+    if a.shape != b.shape:
+        return ReproduceReport(False, int(a.shape[0] * a.shape[1]), 255, regenerated, recipe)
+    difference = np.abs(a - b)
+    changed = int((difference > 0).any(-1).sum())
+    return ReproduceReport(changed == 0, changed, int(difference.max(initial=0)), regenerated,
+                           recipe)
+
+
+def reproduce_image(image: str | Path | bytes, *, init_image=None, mask=None, pipe_loader=None,
+                    on_warning: Callable[[str], None] | None = None) -> ReproduceReport:
+    """Regenerate a PNG from its recipe (generate or dream) and compare the pixels."""
+    from .io.images import open_image
+    from .io.pngmeta import read_recipe
+
+    recipe = read_recipe(image)
+    original = open_image(image, mode="RGB")
+    if recipe.get("kind") == "dream":  # written by `imagesynth dream`: replay the optimisation
+        from .guided import reproduce_from_recipe
+
+        return compare_images(original, reproduce_from_recipe(recipe), recipe)
+    if "seed" not in recipe or "model" not in recipe:
+        raise InputImageError("the PNG has no imagesynth generation recipe", field="image",
+                              fix="pass a PNG written by `imagesynth generate`")
+    for name, given, key in (("--init-image", init_image, "init_image_hash"),
+                             ("--mask", mask, "mask_hash")):
+        if recipe.get(key) and given is None:
+            raise UsageError(f"this image was made with an input image; pass {name}", field=name)
+    if pipe_loader is None:
+        from .api import load as pipe_loader
+    pipe = pipe_loader(recipe["model"])
+    if pipe.model_hash != recipe.get("model_hash") and on_warning is not None:
+        on_warning("the model's weights differ from the recipe's model hash")
+    outpaint = recipe.get("outpaint")
+    result = pipe(recipe["prompt"], seed=recipe["seed"],
+                  negative_prompt=recipe.get("negative_prompt", ""), num_steps=recipe["steps"],
+                  sampler=recipe["sampler"], guidance_scale=recipe["guidance_scale"],
+                  size=recipe["size"][0], init_image=init_image,
+                  strength=recipe.get("strength") or 0.6, mask=mask,
+                  mask_blur=recipe.get("mask_blur", 0.0),
+                  outpaint=tuple(outpaint) if outpaint else None)
+    for key in ("init_image_hash", "mask_hash"):
+        if recipe.get(key) and result.recipes[0].get(key) != recipe[key]:
+            raise InputImageError(f"the given file does not match the recipe's {key}",
+                                  field=key.removesuffix("_hash"))
+    return compare_images(original, result.images[0], result.recipes[0])
