@@ -60,3 +60,13 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a1111_chunk_names_the_sampler_as_a1111_does(tmp_path):
+    from imagesynth.io.metadata_import import read_generation_settings
+
+    path = save_png(Image.new("RGB", (4, 4)), tmp_path / "x.png",
+                    {"prompt": "cat", "seed": 1, "steps": 5, "sampler": "euler_ancestral"})
+    text = Image.open(path).text["parameters"]
+    assert "Sampler: Euler a" in text
+    assert read_generation_settings(path.read_bytes()).settings["sampler"] == "euler_ancestral"

@@ -29,7 +29,11 @@ _A1111_FIELDS = (("steps", "Steps"), ("sampler", "Sampler"), ("guidance_scale", 
                  ("model", "Model"), ("strength", "Denoising strength"))
 
 
-def _a1111_value(value: Any) -> str:
+def _a1111_value(value: Any, field: str = "") -> str:
+    if field == "sampler":  # A1111 readers (Civitai, A1111's own PNG Info) know its names
+        from .sampler_names import IMAGESYNTH_TO_A1111
+
+        value = IMAGESYNTH_TO_A1111.get(value, value)
     text = f"{value[0]}x{value[1]}" if isinstance(value, (list, tuple)) else str(value)
     # A1111 quotes values that would break its comma-separated grammar.
     return json.dumps(text) if ("," in text or ":" in text or "\n" in text) else text
@@ -40,7 +44,7 @@ def a1111_parameters(recipe: Mapping[str, Any]) -> str:
     lines = [str(recipe.get("prompt", ""))]
     if recipe.get("negative_prompt"):
         lines.append(f"Negative prompt: {recipe['negative_prompt']}")
-    pairs = [f"{key}: {_a1111_value(recipe[field])}" for field, key in _A1111_FIELDS
+    pairs = [f"{key}: {_a1111_value(recipe[field], field)}" for field, key in _A1111_FIELDS
              if recipe.get(field) is not None]
     pairs.append(f"Version: imagesynth {recipe.get('versions', {}).get('imagesynth', '')}".strip())
     lines.append(", ".join(pairs))
