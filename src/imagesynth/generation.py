@@ -172,6 +172,10 @@ def reproduce_image(image: str | Path | bytes, *, init_image=None, mask=None, pi
         from .guided import reproduce_from_recipe
 
         return compare_images(original, reproduce_from_recipe(recipe), recipe)
+    if recipe.get("kind") == "sample":  # written by `imagesynth sample` (any family)
+        from .families.sampling import replay
+
+        return compare_images(original, replay(recipe), recipe)
     if "seed" not in recipe or "model" not in recipe:
         raise InputImageError("the PNG has no imagesynth generation recipe", field="image",
                               fix="pass a PNG written by `imagesynth generate`")

@@ -23,7 +23,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 def _register() -> None:
     """Import the command modules; each adds its commands/sub-apps to `app`."""
     from . import (clip_apps, data, doctor, dream, evaluate, generate, models,  # noqa: F401
-                   serve, train, train_autoencoder, train_diffusion)
+                   sample, serve, train, train_autoencoder, train_diffusion, train_families)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -68,14 +68,9 @@ def generate(
         save_png(image, path, recipe)
         console.print(f"wrote {path}")
     if grid:
-        from ..diffusion.training import save_grid_png
-        from ..pipeline import _to_tensor
+        from .sample import write_grid
 
-        import torch
-
-        grid_path = paths[0].with_name(f"{paths[0].stem}-grid.png")
-        save_grid_png(torch.cat([_to_tensor(i) for i in result.images]), grid_path)
-        console.print(f"wrote {grid_path}")
+        write_grid(result.images, paths[0])
 
 
 @app.command()

@@ -58,3 +58,12 @@ def train_clip_command(
                   f"model written to {result.model_dir}")
     for key, value in result.metrics.items():
         console.print(f"  {key}: {value:.3f}")
+
+
+def report_run(result) -> None:
+    """Print how a training run ended and its final metrics."""
+    state = "finished" if result.stopped == "finished" else "paused (rerun to resume)"
+    console.print(f"[green]{state}[/] after {result.steps} steps in {result.seconds:.0f} s; "
+                  f"model written to {result.model_dir}")
+    for key, value in result.metrics.items():
+        console.print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
