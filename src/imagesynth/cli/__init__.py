@@ -22,7 +22,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 def _register() -> None:
     """Import the command modules; each adds its commands/sub-apps to `app`."""
-    from . import (clip_apps, data, doctor, dream, evaluate, generate, models,  # noqa: F401
+    from . import (clip_apps, compare, data, doctor, dream, evaluate, generate, models,  # noqa: F401
                    sample, serve, train, train_autoencoder, train_diffusion, train_families)
 
 

@@ -56,16 +56,6 @@ class InterpolateConfig:
             raise ConfigError(f"must be in (0, 1], got {self.truncation}", field="truncation")
 
 
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation of flattened latents (White 2016), lerp when nearly parallel."""
-    fa, fb = a.flatten(), b.flatten()
-    cos = torch.dot(fa, fb) / (fa.norm() * fb.norm() + 1e-12)
-    omega = torch.arccos(cos.clamp(-1, 1))
-    if omega.abs() < 1e-4:
-        return torch.lerp(a, b, t)
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
-
-
 def _condition(model, family: str, prompt: str | None):
     if family == "gan" and model.config.condition_dim > 0:
         if prompt is None:
@@ -146,9 +136,13 @@ def interpolate(config: InterpolateConfig, model=None) -> tuple[list, dict]:
         end = _endpoint(model, family, config.end, config)
     else:
         end = start + config.strength * _direction(model, family, config)
+    from ..metrics.ppl import lerp, slerp
+
     ts = np.linspace(0.0, 1.0, config.frames)
-    mix = slerp if config.slerp else (lambda a, b, t: torch.lerp(a, b, float(t)))
-    latents = torch.cat([mix(start, end, float(t)) for t in ts])
+    mix = slerp if config.slerp else lerp
+    shape = start.shape[1:]  # the PPL helpers interpolate rows of flat latents
+    latents = torch.cat([mix(start.flatten(1), end.flatten(1), float(t)) for t in ts])
+    latents = latents.view(-1, *shape)
     with torch.no_grad():
         frames = _to_pil(model.decode(latents))
     recipe = {"kind": "interpolate", "family": family, "model": config.model,
