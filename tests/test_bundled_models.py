@@ -109,3 +109,17 @@ def test_bundled_emoji_model_draws_recognisable_emoji(minilm):
     ranks = target_ranks(embed_images(clip, torch.stack([image_to_tensor(i) for i in images])),
                          embed_labels(clip, list(EMOJI_NAMES), ["{}"]), torch.arange(16))
     assert int((ranks < 3).sum()) >= 10, f"ranks of the true names: {ranks.tolist()}"
+
+
+@pytest.mark.skipif("emoji" not in BUNDLED, reason="the emoji model is not bundled")
+def test_bundled_emoji_images_do_not_depend_on_their_batch(minilm):
+    """Mixed prompts in one batch give the same bytes as each image made alone (the latent UNet
+    picks other CPU kernels for other batch sizes unless each image runs as its own call)."""
+    from imagesynth.pipeline import image_bytes_equal, load_pipeline
+
+    pipe = load_pipeline("emoji", text_encoder=minilm)
+    prompts = ["red apple, twitter style", "grinning face, google style",
+               "red apple, twitter style"]
+    batch = pipe(prompts, seed=[3, 4, 5], num_steps=4).images
+    for prompt, seed, image in zip(prompts, [3, 4, 5], batch):
+        assert image_bytes_equal(image, pipe(prompt, seed=seed, num_steps=4).images[0])

@@ -112,18 +112,29 @@ class DiffusionPipeline:
         return karras_sigmas(num_steps, SIGMA_MIN, SIGMA_MAX, RHO).to(self.device)
 
     def guided_denoiser(self, prompts: list[str], negative_prompt: str, guidance_scale: float):
-        """The denoiser under CFG: one prompt per sample, the negative prompt as the uncond branch."""
-        from .diffusion import ClassifierFreeGuidance
+        """The denoiser under CFG: one prompt per sample, the negative prompt as the uncond branch.
 
-        states, token_mask = self.encode_prompts(prompts)
-        negative_states, negative_mask = self.encode_prompts([negative_prompt] * len(prompts))
-        length = max(states.shape[1], negative_states.shape[1])
-        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1]))  # noqa: E731
-        pad_mask = lambda m: torch.nn.functional.pad(m, (0, length - m.shape[1]))  # noqa: E731
-        cond = {"encoder_hidden_states": pad(states), "encoder_attention_mask": pad_mask(token_mask)}
-        uncond = {"encoder_hidden_states": pad(negative_states),
-                  "encoder_attention_mask": pad_mask(negative_mask)}
-        return ClassifierFreeGuidance(self.denoiser, cond, uncond, guidance_scale)
+        Each sample gets its own CFG pair, evaluated alone (`PerSampleDenoiser`), with its prompt
+        padded only as far as itself and the negative prompt need: exactly what generating that
+        image on its own computes, so batches never change an image's bytes.
+        """
+        from .diffusion import ClassifierFreeGuidance, PerSampleDenoiser
+
+        guided = {}
+        for prompt in dict.fromkeys(prompts):
+            states, token_mask = self.encode_prompts([prompt])
+            negative_states, negative_mask = self.encode_prompts([negative_prompt])
+            length = max(states.shape[1], negative_states.shape[1])
+            pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1]))  # noqa: E731
+            pad_mask = lambda m: torch.nn.functional.pad(m, (0, length - m.shape[1]))  # noqa: E731
+            cond = {"encoder_hidden_states": pad(states),
+                    "encoder_attention_mask": pad_mask(token_mask)}
+            uncond = {"encoder_hidden_states": pad(negative_states),
+                      "encoder_attention_mask": pad_mask(negative_mask)}
+            guided[prompt] = ClassifierFreeGuidance(self.denoiser, cond, uncond, guidance_scale)
+        if len(prompts) == 1:
+            return guided[prompts[0]]
+        return PerSampleDenoiser([guided[prompt] for prompt in prompts])
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Denoiser-space samples -> images [B,3,H,W] near [-1, 1]; unclamped and differentiable."""
@@ -181,8 +192,8 @@ class DiffusionPipeline:
                                fix="lower the guidance scale, or use more steps")
         if self.autoencoder is None:
             return x
-        with torch.no_grad():
-            images = self.autoencoder.decode(x)
+        with torch.no_grad():  # one image per call: a batched conv would change the last bits
+            images = torch.cat([self.autoencoder.decode(x[i:i + 1]) for i in range(len(x))])
         if not torch.isfinite(images).all():
             raise NumericError("decoding produced NaN or Inf", field="sampling",
                                fix="lower the guidance scale")

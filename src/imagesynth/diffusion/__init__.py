@@ -5,7 +5,7 @@ from .denoisers import (DiscreteDenoiser, DiscreteEpsDenoiser, DiscreteVDenoiser
                         LatentDenoiser, append_dims)
 from .edits import (InpaintDenoiser, blur_mask, check_mask, img2img, img2img_sigmas, noise_to_sigma,
                     pad_for_outpaint, truncate_sigmas)
-from .guidance import (ClassifierFreeGuidance, CLIPGuidance, Scorer, clamp_denoised,
+from .guidance import (ClassifierFreeGuidance, CLIPGuidance, PerSampleDenoiser, Scorer, clamp_denoised,
                        dynamic_threshold, make_cutouts, spherical_distance_loss)
 from .noise import generators_from_seeds, initial_noise, randn_like_per_sample
 from .samplers import (SAMPLERS, Denoiser, StepCallback, ancestral_step, get_sampler, sample_ddpm,
@@ -17,7 +17,7 @@ from .toy import GaussianMixture, sliced_wasserstein
 __all__ = [
     "SAMPLERS", "CLIPGuidance", "ClassifierFreeGuidance", "Denoiser", "DiscreteDenoiser",
     "DiscreteEpsDenoiser", "DiscreteVDenoiser", "EDMDenoiser", "GaussianMixture", "InpaintDenoiser",
-    "LatentDenoiser", "StepCallback", "Scorer", "ancestral_step", "append_dims", "blur_mask",
+    "LatentDenoiser", "PerSampleDenoiser", "StepCallback", "Scorer", "ancestral_step", "append_dims", "blur_mask",
     "check_mask", "clamp_denoised", "discrete_sigmas", "dynamic_threshold", "exponential_sigmas",
     "generators_from_seeds", "get_sampler", "img2img", "img2img_sigmas", "initial_noise", "karras_sigmas",
     "make_cutouts", "noise_to_sigma", "pad_for_outpaint", "randn_like_per_sample", "sample_ddpm",

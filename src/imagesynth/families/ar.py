@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from ..diffusion.training import (DiffusionTrainingSet, caption_choice_table, ca
 from ..errors import ConfigError, DataError, InputImageError, ModelNotFoundError
 from ..io.checkpoint import load_weights, read_config, save_weights
 from ..io.files import sha256_file
-from ..nets.ar_transformer import ARTransformer, KVCache
+from ..nets.ar_transformer import ARTransformer, draw_tokens, pad_condition
 from ..nets.autoencoder_training import ImageTensorSet, psnr, spread_subset, to_signed, to_uint8
 from ..nets.vq import VQTokenizer
 from ..paths import cache_dir
@@ -129,9 +128,10 @@ PRESETS: dict[str, tuple[TokenizerConfig, TransformerConfig]] = {
     "tiny": (TokenizerConfig(image_size=16, channels=(16, 32, 32), num_codes=32, code_dim=8,
                              dead_after=10),
              TransformerConfig(width=32, depth=2, heads=2, max_text_tokens=16)),
-    "shapes": (TokenizerConfig(image_size=32, channels=(32, 64, 128), num_codes=256,
+    # sized for CPU: ~300 tokenizer and ~300 transformer training images/s on one core
+    "shapes": (TokenizerConfig(image_size=32, channels=(16, 32, 64), num_codes=256,
                                code_dim=32),
-               TransformerConfig(width=192, depth=4, heads=6, max_text_tokens=16)),
+               TransformerConfig(width=128, depth=4, heads=4, max_text_tokens=16)),
 }
 #: loop settings per preset and stage. The tokenizer trains without a weight EMA: its codebook
 #: is fitted to the live encoder's outputs, which averaged encoder weights would not produce.
@@ -185,69 +185,6 @@ def build_transformer(config: TransformerConfig, tokenizer: TokenizerConfig) -> 
 def _jsonable(config) -> dict:
     """A config as config.json holds it (tuples become lists), for comparisons."""
     return json.loads(json.dumps(to_dict(config)))
-
-
-def _pad(cond: tuple[torch.Tensor, torch.Tensor], length: int):
-    """(states [B, T, D], mask [B, T]) zero-padded to `length` tokens."""
-    states, mask = cond
-    extra = length - states.shape[1]
-    return F.pad(states, (0, 0, 0, extra)), F.pad(mask.bool(), (0, extra))
-
-
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None) -> torch.Tensor:
-    """logits [n, V] / temperature, with all but the top-k and the top-p nucleus set to -inf."""
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    if top_p is not None and top_p < 1.0:
-        # nucleus (Holtzman et al. 2020): the smallest set of tokens holding mass >= p
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop_sorted = probs.cumsum(-1) - probs >= top_p  # the mass before it already reaches p
-        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
-        logits = logits.masked_fill(drop, -math.inf)
-    return logits
-
-
-def draw_next(logits: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """One token per row: row i drawn with `generators[i]` alone (batching never changes it)."""
-    probs = logits.softmax(-1)
-    picks = [torch.multinomial(probs[i].to(g.device), 1, generator=g)
-             for i, g in enumerate(generators)]
-    return torch.cat(picks).to(logits.device)
-
-
-@torch.no_grad()
-def draw_tokens(transformer: ARTransformer, cond, generators: Sequence[torch.Generator], *,
-                uncond=None, guidance_scale: float = 1.0, temperature: float = 1.0,
-                top_k: int | None = None, top_p: float | None = None,
-                use_cache: bool = True) -> torch.Tensor:
-    """Token grids [n, N] in raster order; with `uncond`, CFG on logits l_u + s (l_c - l_u).
-
-    `cond`/`uncond` are (states [n, T, D], mask [n, T]); `use_cache=False` recomputes every
-    prefix (quadratic, the reference the KV cache is tested against).
-    """
-    n = len(generators)
-    if uncond is not None:  # one batch of 2n: conditional rows first, then unconditional
-        length = max(cond[0].shape[1], uncond[0].shape[1])
-        (cs, cm), (us, um) = _pad(cond, length), _pad(uncond, length)
-        cond = (torch.cat([cs, us]), torch.cat([cm, um]))
-    copies = 1 if uncond is None else 2
-    tokens = torch.zeros(n, 0, dtype=torch.long, device=cond[0].device)
-    cache = KVCache() if use_cache else None
-    for j in range(transformer.num_tokens):
-        if cache is not None and j > 0:  # only the newest token: the rest is in the cache
-            logits = transformer(tokens[:, -1:].repeat(copies, 1), None, cache)[:, -1]
-        else:
-            logits = transformer(tokens.repeat(copies, 1), cond, cache)[:, -1]
-        if uncond is not None:
-            cond_logits, uncond_logits = logits.chunk(2)
-            logits = uncond_logits + guidance_scale * (cond_logits - uncond_logits)
-        next_token = draw_next(filter_logits(logits, temperature, top_k, top_p), generators)
-        tokens = torch.cat([tokens, next_token[:, None]], 1)
-    return tokens
 
 
 def check_sampling(n: int, generators: Sequence, temperature: float, top_k: int | None,
@@ -304,7 +241,7 @@ class ARModel(nn.Module):
 
     def set_empty_caption(self, states: torch.Tensor, mask: torch.Tensor) -> None:
         """Store the text encoder's encoding of "" ([1, T, D], [1, T]) as the uncond branch."""
-        states, mask = _pad((states[:, :self.config.max_text_tokens],
+        states, mask = pad_condition((states[:, :self.config.max_text_tokens],
                              mask[:, :self.config.max_text_tokens]), self.config.max_text_tokens)
         self.empty_states.copy_(states)
         self.empty_mask.copy_(mask)

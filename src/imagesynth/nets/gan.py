@@ -36,6 +36,9 @@ class GANConfig:
     #: discriminator channels from image_size down to 4x4
     d_channels: tuple[int, ...] = (32, 64, 128, 128)
     mapping_lr_multiplier: float = 0.01  # StyleGAN's 100x slower mapping network
+    #: squash the image with tanh: flat synthetic backgrounds sit exactly at the range's end,
+    #: which an unbounded output can only approach by luck
+    output_tanh: bool = True
 
     def __post_init__(self):
         levels = int(round(math.log2(self.image_size))) - 1
@@ -167,6 +170,7 @@ class Synthesis(nn.Module):
         self.to_rgb = ModulatedConv2d(channels[0], 3, config.w_dim, demodulate=False, kernel=1)
         self.blocks = nn.ModuleList(SynthesisBlock(channels[i], channels[i + 1], config.w_dim)
                                     for i in range(len(channels) - 1))
+        self.output_tanh = config.output_tanh
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         x = self.const[None].expand(w.shape[0], -1, -1, -1)
@@ -174,7 +178,7 @@ class Synthesis(nn.Module):
         rgb = self.to_rgb(x, w)
         for block in self.blocks:
             x, rgb = block(x, rgb, w)
-        return rgb
+        return torch.tanh(rgb) if self.output_tanh else rgb
 
 
 class Generator(nn.Module):
