@@ -24,7 +24,7 @@ def test_bundled_model_is_intact_and_has_a_card(name):
 
 def test_bundled_weights_stay_under_the_size_cap():
     total = sum(f.stat().st_size for f in bundled_models_dir().rglob("*.safetensors"))
-    assert total <= 50 * 2 ** 20, f"bundled weights are {total / 2 ** 20:.1f} MiB (cap 50)"
+    assert total <= 120 * 10 ** 6, f"bundled weights are {total / 10 ** 6:.1f} MB (cap 120)"
 
 
 @pytest.mark.skipif("shapes" not in BUNDLED, reason="the shapes model is not bundled")
@@ -123,3 +123,19 @@ def test_bundled_emoji_images_do_not_depend_on_their_batch(minilm):
     batch = pipe(prompts, seed=[3, 4, 5], num_steps=4).images
     for prompt, seed, image in zip(prompts, [3, 4, 5], batch):
         assert image_bytes_equal(image, pipe(prompt, seed=seed, num_steps=4).images[0])
+
+
+@pytest.mark.skipif("shapes-ar" not in BUNDLED, reason="the shapes-ar model is not bundled")
+def test_bundled_autoregressive_model_draws_the_prompted_shape(minilm):
+    """Seed 0 of the 20 seen single-object prompts: the card measures 82.5 % over 4 seeds."""
+    from imagesynth.data import HELD_OUT_PAIRS, PALETTE, SHAPES, check
+    from imagesynth.diffusion.noise import generators_from_seeds
+    from imagesynth.families.ar import load_ar
+    from imagesynth.pipeline import _to_pil
+
+    prompts = [f"a {c} {s}" for c in PALETTE for s in SHAPES if (c, s) not in HELD_OUT_PAIRS]
+    model = load_ar("shapes-ar", text_encoder=minilm)
+    images = _to_pil(model.sample(len(prompts), generators_from_seeds([0] * len(prompts)),
+                                  prompts))
+    passed = sum(check(image, prompt).ok for image, prompt in zip(images, prompts))
+    assert passed >= 13, f"{passed} of {len(prompts)} prompts passed the checker"

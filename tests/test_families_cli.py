@@ -29,7 +29,8 @@ def models(shapes_folder, tmp_path_factory, minilm):
                     text_encoder=minilm, show_progress=False).model_dir
     flow = train_flow(folder, root / "flow", preset="tiny", overrides={"max_steps": 6},
                       show_progress=False).model_dir
-    return {"gan": str(gan), "flow": str(flow), "vae": "shapes-v32", "data": folder}
+    return {"gan": str(gan), "flow": str(flow), "vae": "shapes-v32", "ar": "shapes-ar",
+            "data": folder}
 
 
 def _pixels(path) -> np.ndarray:
@@ -38,7 +39,8 @@ def _pixels(path) -> np.ndarray:
 
 @pytest.mark.parametrize("family, extra", [("gan", ["--prompt", "a red circle"]),
                                            ("flow", ["--temperature", "0.8"]),
-                                           ("vae", ["--prior", "normal"])])
+                                           ("vae", ["--prior", "normal"]),
+                                           ("ar", ["--prompt", "a red circle", "--top-k", "8"])])
 def test_same_seed_same_bytes_batch_independent_and_reproducible(models, tmp_path, capsys,
                                                                  family, extra):
     model = models[family]
@@ -76,6 +78,9 @@ def test_truncation_changes_gan_samples_and_is_recorded(models, tmp_path):
     (["sample", "--model", "shapes-clip"], "model"),
     (["sample", "--model", "shapes-f4"], "model"),
     (["interpolate", "--model", "shapes", "0", "1"], "model"),
+    (["interpolate", "--model", "{ar}", "0", "1"], "model"),
+    (["sample", "--model", "{ar}", "--top-p", "0"], "top_p"),
+    (["sample", "--model", "{ar}", "--temperature", "0"], "temperature"),
     (["interpolate", "--model", "{vae}", "0"], "end"),
     (["interpolate", "--model", "{vae}", "0", "1", "--frames", "1"], "frames"),
     (["interpolate", "--model", "{vae}", "0", "--add", "on the left"], "add"),

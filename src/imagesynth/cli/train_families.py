@@ -52,3 +52,28 @@ def train_flow_command(
                                batch_size=batch_size, learning_rate=learning_rate,
                                max_minutes=max_minutes)
     report_run(train_flow(data, out, preset=preset, overrides=overrides))
+
+
+@train_app.command("ar")
+def train_ar_command(
+    data: Path = typer.Option(..., help="Captioned image folder (e.g. from `imagesynth data`)."),
+    out: Path = typer.Option(Path("runs/ar"), help="Run folder: tokenizer/, checkpoints, logs, model/."),
+    preset: str = typer.Option("shapes", help="Architecture + schedule preset: tiny, shapes."),
+    steps: Optional[int] = typer.Option(None, help="Transformer steps (preset default if omitted)."),
+    tokenizer_steps: Optional[int] = typer.Option(None, help="VQ tokenizer steps (preset default if omitted)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step, both stages (preset default if omitted)."),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, both stages."),
+    max_minutes: Optional[float] = typer.Option(None, help="Transformer stage: stop (with a checkpoint) after this long."),
+    tokenizer_max_minutes: Optional[float] = typer.Option(None, help="Tokenizer stage: stop and freeze it after this long."),
+    seed: int = typer.Option(0, help="Seed for initial weights, data order, caption choice and code restarts."),
+) -> None:
+    """Train a DALL-E-style model: a VQ tokenizer, then a caption-prefixed transformer over its tokens."""
+    from ..families.ar import train_ar
+
+    shared = {"batch_size": batch_size, "learning_rate": learning_rate}
+    overrides = loop_overrides(precision="fp32", seed=seed, max_steps=steps,
+                               max_minutes=max_minutes, **shared)
+    tokenizer = loop_overrides(precision="fp32", seed=seed, max_steps=tokenizer_steps,
+                               max_minutes=tokenizer_max_minutes, **shared)
+    report_run(train_ar(data, out, preset=preset, overrides=overrides,
+                        tokenizer_overrides=tokenizer))

@@ -134,7 +134,8 @@ def _condition(model, family: str, prompt: str | None, n: int):
 def family_options(config: SampleConfig, family: str) -> dict[str, Any]:
     """The keyword options `model.sample` takes for this family."""
     names = [name for name, (families, _) in OPTION_FAMILIES.items() if family in families]
-    return {name: getattr(config, name) for name in names
+    renames = {"ar": {"guidance": "guidance_scale"}}.get(family, {})
+    return {renames.get(name, name): getattr(config, name) for name in names
             if getattr(config, name) is not None}
 
 

@@ -35,7 +35,9 @@ class GANConfig:
     channels: tuple[int, ...] = (128, 128, 64, 32)
     #: discriminator channels from image_size down to 4x4
     d_channels: tuple[int, ...] = (32, 64, 128, 128)
-    mapping_lr_multiplier: float = 0.01  # StyleGAN's 100x slower mapping network
+    #: StyleGAN uses 0.01; on short CPU budgets 0.1 learns the caption faster (16 px trial,
+    #: 1,500 steps: checker 25 % vs 20 %)
+    mapping_lr_multiplier: float = 0.1
     #: squash the image with tanh: flat synthetic backgrounds sit exactly at the range's end,
     #: which an unbounded output can only approach by luck
     output_tanh: bool = True
