@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import os
 import signal
 import socket
@@ -44,6 +47,8 @@ class StudioProcess:
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
+        #: the text of every JSON response this helper received (for "no paths/secrets" checks)
+        self.json_seen: list[str] = []
 
     def command(self) -> list[str]:
         """The serve command line."""
@@ -74,21 +79,66 @@ class StudioProcess:
         headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
         return {**headers, **(extra or {})}
 
+    def _seen(self, response: httpx.Response) -> httpx.Response:
+        if response.headers.get("content-type", "").startswith("application/json"):
+            self.json_seen.append(response.text)
+        return response
+
     def get(self, path: str, **kwargs) -> httpx.Response:
         """GET with the token."""
         kwargs["headers"] = self.headers(kwargs.get("headers"))
-        return httpx.get(self.url + path, timeout=30, **kwargs)
+        kwargs.setdefault("timeout", 30)
+        return self._seen(httpx.get(self.url + path, **kwargs))
 
     def post(self, path: str, json=None, **kwargs) -> httpx.Response:
         """POST JSON with the token."""
         kwargs["headers"] = self.headers(kwargs.get("headers"))
-        return httpx.post(self.url + path, json=json, timeout=120, **kwargs)
+        kwargs.setdefault("timeout", 120)
+        return self._seen(httpx.post(self.url + path, json=json, **kwargs))
+
+    def delete(self, path: str, **kwargs) -> httpx.Response:
+        """DELETE with the token."""
+        kwargs["headers"] = self.headers(kwargs.get("headers"))
+        return self._seen(httpx.delete(self.url + path, timeout=30, **kwargs))
+
+    def events(self, job_id: str, timeout: float = 120.0) -> list[tuple[str, dict]]:
+        """Read a job's Server-Sent Events stream to its `end` event (bounded); (event, data)."""
+        events: list[tuple[str, dict]] = []
+        deadline = time.monotonic() + timeout
+        with httpx.stream("GET", f"{self.url}/api/jobs/{job_id}/events", headers=self.headers(),
+                          timeout=httpx.Timeout(30, read=30)) as response:
+            assert response.status_code == 200, response.read()
+            assert response.headers["content-type"].startswith("text/event-stream")
+            name, data = None, []
+            for line in response.iter_lines():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the event stream of {job_id} did not end")
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif line == "" and name is not None:
+                    events.append((name, json.loads("\n".join(data))))
+                    if name == "end":
+                        break
+                    name, data = None, []
+        return events
 
     def submit(self, kind: str, config: dict) -> str:
         """Queue a job and return its id (asserting 202)."""
         response = self.post("/api/jobs", {"kind": kind, "config": config})
         assert response.status_code == 202, response.text
         return response.json()["id"]
+
+    def wait_state(self, job_id: str, predicate, timeout: float = 120.0) -> dict:
+        """Poll (bounded) until `predicate(job)` holds; return the job."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.get(f"/api/jobs/{job_id}").json()
+            if predicate(job):
+                return job
+            time.sleep(0.05)
+        raise TimeoutError(f"job {job_id} never reached the awaited state")
 
     def wait(self, job_id: str, timeout: float = 120.0) -> dict:
         """Poll (bounded) until the job ends; return it."""
@@ -120,3 +170,156 @@ class StudioProcess:
 
     def __exit__(self, *_exc) -> None:
         self.stop()
+
+
+def png_bytes(image) -> bytes:
+    """A PIL image as PNG bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    """Bytes as base64 text (what uploads and A1111 clients send)."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def pixels(data: bytes) -> bytes:
+    """The RGB pixels of an encoded image (PNG bytes differ by their timestamped recipe)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB").tobytes()
+
+
+def _data_files(data_dir: Path) -> dict[str, set[str]]:
+    """Names in each folder of a studio data dir that holds files."""
+    return {folder: {p.name for p in (data_dir / folder).iterdir()}
+            for folder in ("images", "thumbs", "uploads", "trash", "tmp")
+            if (data_dir / folder).is_dir()}
+
+
+def _recorded_files(data_dir: Path) -> tuple[list[dict], set[str], set[str]]:
+    """(image rows, recorded image files, recorded thumbnails), read from the SQLite file."""
+    import sqlite3
+
+    db = sqlite3.connect(data_dir / "studio.sqlite", timeout=30)
+    db.row_factory = sqlite3.Row
+    try:
+        rows = [dict(row) for row in db.execute(
+            "SELECT id, job_id, idx, file, thumb, seed, trashed FROM images")]
+    finally:
+        db.close()
+    return rows, {r["file"] for r in rows}, {r["thumb"] for r in rows}
+
+
+def durability_run(data_dir: Path, *, jobs: int = 30, images_per_job: int = 2, steps: int = 4,
+                   poison_at: int | None = None, kill_after_done: int = 4, model: str = "tiny",
+                   timeout: float = 900.0) -> dict:
+    """Queue `jobs` jobs, SIGKILL the server while one runs, restart on the same data dir, drain.
+
+    Job `poison_at` has a prompt the worker's fault injection (`IMAGESYNTH_SERVE_FAULT`) turns
+    into a process crash each time it starts. Returns the measured figures and, under
+    `"jobs"` / `"rows"` / `"files"`, what the assertions need.
+    """
+    from imagesynth.serve.worker import FAULT_ENV
+
+    poison = "poison " + os.urandom(4).hex()
+    env = {FAULT_ENV: f"exit-on-prompt:{poison}"}
+    deadline = time.monotonic() + timeout
+    server = StudioProcess(data_dir, env=env, model=model).start()
+    ids, prompts = [], []
+    submitted = time.monotonic()
+    for i in range(jobs):
+        prompt = poison if i == poison_at else f"durable job {i}"
+        prompts.append(prompt)
+        ids.append(server.submit("generate", {"prompt": prompt, "model": model, "seed": 100 * i,
+                                              "n": images_per_job, "steps": steps}))
+    submit_seconds = time.monotonic() - submitted
+    # wait until `kill_after_done` jobs are done and another is running: mid-sampling when
+    # that is seen within 30 s of the count being reached, else in whatever phase it is
+    killed, counted = None, None
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        while time.monotonic() < deadline:
+            counts = client.get("/api/status").json()["queue"]
+            if counts.get("done", 0) < kill_after_done:
+                time.sleep(0.05)
+                continue
+            counted = counted or time.monotonic()
+            # the A1111 progress poll names the running job
+            running = client.get("/sdapi/v1/progress").json()["state"].get("job")
+            job = client.get(f"/api/jobs/{running}").json() if running else None
+            if job and job["state"] == "running" and job["config"]["prompt"] != poison and (
+                    (job["progress"] or {}).get("phase") == "sampling"
+                    or time.monotonic() - counted > 30):
+                killed = job
+                break
+            time.sleep(0.005)
+    if killed is None:
+        server.stop()
+        raise TimeoutError("no job was running to kill the server under")
+    server.kill()
+    killed_at = time.monotonic()
+    files_at_kill = _data_files(data_dir)
+    _, recorded, recorded_thumbs = _recorded_files(data_dir)
+    orphans_at_kill = len(files_at_kill["images"] - recorded) + len(
+        files_at_kill["thumbs"] - recorded_thumbs) + len(files_at_kill["tmp"])
+
+    server = StudioProcess(data_dir, env=env, model=model).start()
+    restart_seconds = time.monotonic() - killed_at
+    final: dict[str, dict] = {}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        while time.monotonic() < deadline:
+            listed = client.get("/api/jobs", params={"limit": jobs + 10}).json()["jobs"]
+            if all(job["state"] in ("done", "failed", "cancelled") for job in listed):
+                break
+            time.sleep(0.2)
+        drained = time.monotonic()
+        for job_id in ids:
+            final[job_id] = client.get(f"/api/jobs/{job_id}").json()
+        listed_ids = [job["id"] for job in client.get(
+            "/api/jobs", params={"limit": 500}).json()["jobs"]]
+        status = client.get("/api/status").json()
+    server.stop()
+    rows, recorded, recorded_thumbs = _recorded_files(data_dir)
+    files = _data_files(data_dir)
+    states = [final[job_id]["state"] for job_id in ids]
+    poison_job = final[ids[poison_at]] if poison_at is not None else None
+    after_poison = [final[job_id] for job_id in ids[poison_at + 1:]] if poison_at is not None \
+        else []
+    return {
+        "figures": {
+            "jobs": jobs, "images_per_job": images_per_job, "steps": steps, "model": model,
+            "done": states.count("done"), "failed": states.count("failed"),
+            "other": len(states) - states.count("done") - states.count("failed"),
+            "not_terminal_at_timeout": sum(s not in ("done", "failed", "cancelled")
+                                           for s in states),
+            "jobs_listed_after_restart": len(listed_ids),
+            "submit_seconds": round(submit_seconds, 3),
+            "killed_job_index": ids.index(killed["id"]),
+            "killed_job_step_at_kill": (killed.get("progress") or {}).get("step"),
+            "killed_job_phase_at_kill": (killed.get("progress") or {}).get("phase"),
+            "killed_job_final_state": final[killed["id"]]["state"],
+            "killed_job_attempts": final[killed["id"]]["attempts"],
+            "orphan_files_at_kill": orphans_at_kill,
+            "restart_seconds": round(restart_seconds, 3),
+            "drain_seconds_after_restart": round(drained - killed_at - restart_seconds, 3),
+            "poison_attempts": poison_job["attempts"] if poison_job else None,
+            "poison_state": poison_job["state"] if poison_job else None,
+            "poison_error": (poison_job["error"] or {}).get("error") if poison_job else None,
+            "jobs_after_poison_done": sum(j["state"] == "done" for j in after_poison),
+            "jobs_after_poison": len(after_poison),
+            "worker_restarts_after_restart": status["worker_restarts"],
+            "image_rows": len(rows),
+            "image_files": len(files["images"]), "thumb_files": len(files["thumbs"]),
+            "unrecorded_files": len(files["images"] - recorded) + len(
+                files["thumbs"] - recorded_thumbs),
+            "missing_files": len(recorded - files["images"]) + len(
+                recorded_thumbs - files["thumbs"]),
+            "tmp_files": len(files["tmp"]) + sum(name.endswith(".tmp") for names in
+                                                 files.values() for name in names),
+        },
+        "ids": ids, "jobs": final, "listed_ids": listed_ids, "rows": rows,
+        "recorded": (recorded, recorded_thumbs), "files": files, "killed": killed["id"],
+        "poison": ids[poison_at] if poison_at is not None else None,
+    }

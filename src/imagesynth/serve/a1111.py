@@ -43,19 +43,49 @@ _DEFAULTISH = {"styles": [], "restore_faces": False, "tiling": False, "enable_hr
                "latent_mask": None}
 
 
+def _number(body: dict, field: str, default, *, integer: bool = True):
+    """A numeric field of the body (None or absent: `default`); anything else is a 422."""
+    from .app import ApiError
+
+    value = body.get(field)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            integer and value != int(value)):
+        raise ApiError(422, field, f"must be {'an integer' if integer else 'a number'}, "
+                                   f"got {value!r}")
+    return int(value) if integer else float(value)
+
+
 def _model_name(body: dict, default: str) -> str:
     """override_settings.sd_model_checkpoint ("name [hash]" as A1111 titles it) or the default."""
-    checkpoint = (body.get("override_settings") or {}).get("sd_model_checkpoint")
+    from .app import ApiError
+
+    overrides = body.get("override_settings") or {}
+    if not isinstance(overrides, dict):
+        raise ApiError(422, "override_settings", "must be an object")
+    checkpoint = overrides.get("sd_model_checkpoint")
     if not checkpoint:
         return default
     return str(checkpoint).split(" [", 1)[0].strip()
 
 
 def _ignored(body: dict) -> list[str]:
-    """Keys set to something other than A1111's default that the shim cannot honour."""
+    """Keys set to something other than A1111's default that the shim cannot honour.
+
+    Settings A1111 itself does not apply are not listed: the hires-fix ones (and txt2img's
+    denoising_strength) while `enable_hr` is off, and seed resizing at sizes <= 0.
+    """
+    def inert(key: str, value) -> bool:
+        if not body.get("enable_hr") and (key.startswith(("hr_", "firstphase_"))
+                                          or key == "denoising_strength"):
+            return True
+        return key.startswith("seed_resize_from_") and isinstance(value, (int, float)) \
+            and value <= 0
+
     return sorted(key for key, value in body.items()
                   if key not in _USED and _DEFAULTISH.get(key, object()) != value
-                  and value not in (None, "", [], {}))
+                  and value not in (None, "", [], {}) and not inert(key, value))
 
 
 def _config(body: dict, studio, *, init_ref: str | None = None,
@@ -74,10 +104,10 @@ def _config(body: dict, studio, *, init_ref: str | None = None,
     if sampler and ours is None:
         raise ApiError(422, "sampler_name", f"unknown sampler {sampler!r}",
                        "see GET /sdapi/v1/samplers")
-    seed = body.get("seed", -1)
-    if seed is None or seed == -1:
+    seed = _number(body, "seed", -1)
+    if seed == -1:
         seed = secrets.randbits(31)  # A1111's "random": chosen here and returned in info
-    count = int(body.get("batch_size", 1) or 1) * int(body.get("n_iter", 1) or 1)
+    count = (_number(body, "batch_size", 1) or 1) * (_number(body, "n_iter", 1) or 1)
     config = {"prompt": body.get("prompt", ""), "negative": body.get("negative_prompt", "") or "",
               "model": model, "seed": seed, "n": count, "steps": body.get("steps"),
               "guidance": body.get("cfg_scale"), "sampler": ours}
@@ -85,7 +115,7 @@ def _config(body: dict, studio, *, init_ref: str | None = None,
         config["init_image"] = init_ref
         if mask_ref is not None:
             config["mask"] = mask_ref
-            config["mask_blur"] = float(body.get("mask_blur", 0) or 0)
+            config["mask_blur"] = _number(body, "mask_blur", 0.0, integer=False)
         elif body.get("denoising_strength") is not None:
             config["strength"] = body["denoising_strength"]
     return {key: value for key, value in config.items() if value is not None}

@@ -25,8 +25,8 @@ from ..errors import (ConfigError, ImageSynthError, InputImageError, OversizedIm
                       UnsupportedImageError)
 from .jobs import KINDS, REFERENCE, WEIGHTED_REFERENCE, config_json, parse_job, schema
 from .security import (COOKIE, BodyTooLarge, SecurityMiddleware, is_loopback, login_token,
-                       loopback_hosts)
-from .store import TERMINAL, Store, is_id, new_id
+                       loopback_hosts, path_roots, scrub_paths)
+from .store import TERMINAL, Store, is_id, is_regular_file, new_id
 from .supervisor import WorkerSupervisor, recover_at_start
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -103,6 +103,7 @@ class Studio:
         self.settings = settings
         self.store = Store(settings.data_dir)
         self.supervisor = WorkerSupervisor(self.store, model_memory_mb=settings.model_memory_mb)
+        self.path_roots = path_roots(self.store.root)
         self._models: tuple[float, list[dict]] = (0.0, [])
 
     def models(self) -> list[dict]:
@@ -203,7 +204,9 @@ def create_app(settings: StudioSettings) -> FastAPI:
 
     @app.exception_handler(ImageSynthError)
     async def library_error(_request, exc: ImageSynthError):
-        return _error(error_status(exc), exc.to_dict())
+        return _error(error_status(exc), {
+            key: scrub_paths(value, studio.path_roots) if isinstance(value, str) else value
+            for key, value in exc.to_dict().items()})
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(_request, _exc):
@@ -409,7 +412,7 @@ def create_app(settings: StudioSettings) -> FastAPI:
 
 
 def _png(path: Path, name: str, download: bool = False) -> FileResponse:
-    if not path.is_file():
+    if not is_regular_file(path):  # gone, or replaced by a link: never followed
         raise ApiError(404, "id", "the image file is gone")
     disposition = "attachment" if download else "inline"
     return FileResponse(path, media_type="image/png", headers={

@@ -124,6 +124,16 @@ LIST_IMAGE_FIELDS = {"classify": ("images",), "evaluate": ("generated", "referen
                      "dream": ("image_prompts",)}
 
 
+def _extra_choices() -> dict[str, dict[str, tuple[str, ...]]]:
+    """Choices of fields whose dataclass carries no metadata (the page renders them as selects)."""
+    from ..guided.diffusion_drawer import SAMPLERS
+    from ..guided.drawers import DRAWERS
+    from ..guided.loop import LR_SCHEDULES
+
+    return {"dream": {"drawer": DRAWERS, "lr_schedule": LR_SCHEDULES,
+                      "diffusion_sampler": tuple(SAMPLERS)}}
+
+
 def parse_job(body: Any, known_models: set[str]) -> tuple[str, Any]:
     """Validate a job body into (kind, typed config); ConfigError names the field at fault."""
     if not isinstance(body, dict):
@@ -205,7 +215,7 @@ def _type_name(annotation: Any) -> tuple[str, bool]:
 
 def schema(cli_help: dict[str, dict[str, str]] | None = None) -> dict:
     """Every kind's fields with type, default and help: the studio builds its forms from this."""
-    kinds = {}
+    kinds, extra_choices = {}, _extra_choices()
     for kind, cls in KINDS.items():
         hints = typing.get_type_hints(cls)
         helps = (cli_help or {}).get(kind, {})
@@ -223,6 +233,8 @@ def schema(cli_help: dict[str, dict[str, str]] | None = None) -> dict:
             for key in ("choices", "kind"):
                 if key in f.metadata:
                     entry[key] = list(f.metadata[key]) if key == "choices" else f.metadata[key]
+            if f.name in extra_choices.get(kind, {}):
+                entry["choices"] = list(extra_choices[kind][f.name])
             if f.name in IMAGE_FIELDS.get(kind, ()):
                 entry["kind"] = "image"
             if f.name in LIST_IMAGE_FIELDS.get(kind, ()):

@@ -10,6 +10,7 @@
   CORS header is ever granted.
 - Body cap: bodies over `max_body` bytes are refused with 413, counted as they stream in.
 - Every response carries nosniff, frame-deny, no-referrer and a same-origin CSP.
+- Error texts that reach clients go through `scrub_paths`: no server path in any response.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import os
+import re
 from http.cookies import SimpleCookie
+from pathlib import Path
 from urllib.parse import parse_qs
 
 COOKIE = "imagesynth_token"
@@ -32,6 +36,37 @@ SECURITY_HEADERS = [
      b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
      b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
 ]
+
+
+#: an absolute POSIX path of two or more parts (URL paths of the API itself are left alone)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~>-])/(?!api/|sdapi/|static/)[^\s'\"/:,;()\[\]<>]+"
+                            r"(?:/[^\s'\"/:,;()\[\]<>]+)+/?")
+
+
+def scrub_paths(text: str, roots: dict[str, str]) -> str:
+    """`text` with the server's folders named, not spelled out (errors reach clients as JSON).
+
+    Known roots become their label ("<studio data>/uploads/x.png"); any other absolute path
+    becomes its last part, so no message a library raises puts a server path in a response.
+    """
+    for root, label in sorted(roots.items(), key=lambda item: -len(item[0])):
+        if root and root != "/":
+            text = text.replace(root, label)
+    return _ABSOLUTE_PATH.sub(lambda m: "…/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+
+
+def path_roots(data_dir: Path) -> dict[str, str]:
+    """The folders `scrub_paths` names: the data folder, imagesynth's home, the user's home."""
+    from ..paths import home
+
+    roots = {str(data_dir): "<studio data>", str(Path.home()): "~"}
+    try:
+        roots[str(home())] = "<imagesynth home>"
+    except OSError:
+        pass
+    for path in list(roots):
+        roots.setdefault(os.path.realpath(path), roots[path])
+    return roots
 
 
 def is_loopback(host: str) -> bool:

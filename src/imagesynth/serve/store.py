@@ -9,8 +9,11 @@ stray files the next start sweeps away). All queries are parameterised.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import shutil
 import sqlite3
+import stat
 import threading
 import time
 from contextlib import contextmanager
@@ -75,6 +78,15 @@ def new_id() -> str:
 def is_id(text: str) -> bool:
     """True for a well-formed opaque id (32 lowercase hex digits)."""
     return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
+def is_regular_file(path: Path) -> bool:
+    """True for a plain file that is not a symlink: nothing the server reads or serves follows
+    a link planted in its folders (the check ComfyUI's `/view` made before resolving links)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 class Store:
@@ -209,9 +221,11 @@ class Store:
     def recover(self, dead_pid: int | None = None) -> list[str]:
         """Re-queue jobs a dead worker was running, or fail them after MAX_ATTEMPTS starts.
 
+        A job the user had asked to cancel ends `cancelled` instead of running again.
+
         `dead_pid=None` (server start) recovers every running job: no worker is alive then.
         """
-        query = "SELECT id, attempts FROM jobs WHERE state = 'running'"
+        query = "SELECT id, attempts, cancel FROM jobs WHERE state = 'running'"
         args: tuple = ()
         if dead_pid is not None:
             query += " AND worker_pid = ?"
@@ -220,7 +234,11 @@ class Store:
         with self.transaction() as db:
             for row in db.execute(query, args).fetchall():
                 touched.append(row["id"])
-                if row["attempts"] >= MAX_ATTEMPTS:
+                if row["cancel"]:  # the user cancelled it: a crash must not bring it back
+                    db.execute("UPDATE jobs SET state = 'cancelled', finished = ?, "
+                               "progress_seq = progress_seq + 1 WHERE id = ?",
+                               (time.time(), row["id"]))
+                elif row["attempts"] >= MAX_ATTEMPTS:
                     error = {"error": "WorkerCrash", "field": None, "fix": None,
                              "message": f"the worker process died while running this job "
                                         f"{row['attempts']} times; it is not retried again"}
@@ -292,7 +310,11 @@ class Store:
         """The file behind an image row (a path the server chose, never the client)."""
         if thumb:
             return self.root / "thumbs" / image["thumb"]
-        return self.root / ("trash" if image["trashed"] else "images") / image["file"]
+        folders = ("trash", "images") if image["trashed"] else ("images", "trash")
+        path = self.root / folders[0] / image["file"]
+        other = self.root / folders[1] / image["file"]
+        # A crash between moving the file and committing the flag leaves it in the other folder.
+        return other if not path.exists() and other.exists() else path
 
     def add_upload(self, upload_id: str, file: str, width: int, height: int) -> None:
         """Record an upload whose file is already in place."""
@@ -310,16 +332,22 @@ class Store:
         return self.root / "uploads" / upload["file"]
 
     def sweep(self) -> int:
-        """Delete temp files and image files no row records (a crash between rename and commit)."""
+        """Delete temp files, and image and upload files no row records (a crash between the
+        rename and the commit)."""
         removed = 0
         for path in (self.root / "tmp").iterdir():
-            path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)  # an evaluate job's scratch folders
+            else:
+                path.unlink(missing_ok=True)
             removed += 1
         known = {row["file"] for row in self._all("SELECT file FROM images")}
         thumbs = {row["thumb"] for row in self._all("SELECT thumb FROM images")}
-        for folder, names in (("images", known), ("trash", known), ("thumbs", thumbs)):
+        uploads = {row["file"] for row in self._all("SELECT file FROM uploads")}
+        for folder, names in (("images", known), ("trash", known), ("thumbs", thumbs),
+                              ("uploads", uploads)):
             for path in (self.root / folder).iterdir():
-                if path.name not in names:
+                if path.name not in names and not (path.is_dir() and not path.is_symlink()):
                     path.unlink(missing_ok=True)
                     removed += 1
         return removed

@@ -11,6 +11,7 @@ import base64
 import ctypes
 import fcntl
 import io
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import sys
 import time
 import traceback
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,11 +27,15 @@ from PIL import Image
 
 from ..errors import ConfigError, ImageSynthError
 from .jobs import REFERENCE, WEIGHTED_REFERENCE, rebuild
-from .store import Store, new_id
+from .security import path_roots, scrub_paths
+from .store import Store, is_regular_file, new_id
 
 #: fault injection for the durability tests: `exit-on-prompt:TEXT` kills the worker process
 #: (os._exit, like a segfault) whenever a generate or dream job's prompt is TEXT
 FAULT_ENV = "IMAGESYNTH_SERVE_FAULT"
+#: set to anything: the worker appends one JSON line of per-job timings (what its previews,
+#: progress writes and file writes cost) to `worker-profile.jsonl` (benchmarks/serve.py)
+PROFILE_ENV = "IMAGESYNTH_SERVE_PROFILE"
 THUMB_SIDE = 256
 PREVIEW_SECONDS = 0.25  # at most one progress write per this many seconds (previews excepted)
 
@@ -56,6 +62,7 @@ class ModelCache:
         self.max_bytes = max_bytes
         self._items: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()
         self._text_encoders: dict[str, Any] = {}
+        self._previews: dict[str, Any] = {}  # name -> LatentPreview or None (small tensors)
 
     def get(self, kind: str, name: str, load: Callable[[], Any]) -> Any:
         """The cached object for (kind, name), loading (and evicting) as needed."""
@@ -83,6 +90,14 @@ class ModelCache:
             return load_pipeline(name, text_encoder=self._text_encoders[encoder_name])
 
         return self.get("pipeline", name, load)
+
+    def preview(self, name: str, pipe) -> Callable[[Any], list[Image.Image]]:
+        """The live-preview function of a loaded pipeline (see `previews`), fitted once."""
+        from .previews import fitted_preview
+
+        if name not in self._previews:
+            self._previews[name] = fitted_preview(pipe)
+        return self._previews[name] or pipe.preview
 
     def scorer(self, name: str | None):
         """A CLIP scorer by registry name (None: the default CLIP)."""
@@ -113,6 +128,19 @@ class Progress:
         self.store, self.job_id, self.stopping = store, job_id, stopping
         self.started = time.monotonic()
         self._last_write = 0.0
+        #: seconds spent per overhead (the profile `PROFILE_ENV` writes)
+        self.seconds: dict[str, float] = {"preview_decode_s": 0.0, "preview_encode_s": 0.0,
+                                          "progress_write_s": 0.0, "store_images_s": 0.0}
+        self.previews = 0
+
+    @contextmanager
+    def timed(self, name: str):
+        """Add the seconds the block takes to `self.seconds[name]`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
     def __call__(self, step: int, total: int, *, sigma: float | None = None,
                  previews: list[Image.Image] | None = None, phase: str = "sampling",
@@ -131,8 +159,11 @@ class Progress:
         if sigma is not None:
             progress["sigma"] = sigma
         if previews is not None:
-            progress["previews"] = [png_data_url(image) for image in previews]
-        self.store.set_progress(self.job_id, progress)
+            with self.timed("preview_encode_s"):
+                progress["previews"] = [png_data_url(image) for image in previews]
+            self.previews += 1
+        with self.timed("progress_write_s"):
+            self.store.set_progress(self.job_id, progress)
         self._last_write = now
 
 
@@ -142,6 +173,13 @@ class Runner:
     def __init__(self, store: Store, cache: ModelCache, stopping: Callable[[], bool]):
         self.store, self.cache, self.stopping = store, cache, stopping
         self.fault = os.environ.get(FAULT_ENV, "")
+        self.profile = bool(os.environ.get(PROFILE_ENV))
+        self.roots = path_roots(store.root)
+
+    def _error(self, error: dict) -> dict:
+        """An error dict with every server path scrubbed from its texts."""
+        return {key: scrub_paths(value, self.roots) if isinstance(value, str) else value
+                for key, value in error.items()}
 
     def resolve(self, reference: str, field: str) -> Path:
         """`upload:ID` / `image:ID` -> the file the server stored for it."""
@@ -153,7 +191,7 @@ class Runner:
         elif match:
             row = self.store.image(match.group(2), trashed=None)
             path = self.store.image_path(row) if row else None
-        if row is None or path is None or not path.is_file():
+        if row is None or path is None or not is_regular_file(path):
             raise ConfigError(f"no such image {reference!r}", field=field,
                               fix="upload it again, or pick an image from the gallery")
         return path
@@ -171,15 +209,21 @@ class Runner:
         except WorkerStopping:
             self._requeue(job_id)
         except ImageSynthError as exc:
-            self.store.finish(job_id, "failed", error=exc.to_dict())
+            self.store.finish(job_id, "failed", error=self._error(exc.to_dict()))
         except Exception as exc:  # a bug or an environment failure: report it, keep serving
             with open(self.store.root / "worker.log", "a") as log:
                 log.write(f"job {job_id}\n{traceback.format_exc()}\n")
             message = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-            self.store.finish(job_id, "failed", error={"error": "InternalError", "field": None,
-                                                       "message": message, "fix": None})
+            self.store.finish(job_id, "failed", error=self._error({
+                "error": "InternalError", "field": None, "message": message, "fix": None}))
         else:
-            self.store.finish(job_id, "done", result=result, images=images)
+            with progress.timed("finish_s"):
+                self.store.finish(job_id, "done", result=result, images=images)
+        if self.profile:
+            line = {"job": job_id, "kind": kind, "run_s": time.monotonic() - progress.started,
+                    "previews": progress.previews, **progress.seconds}
+            with open(self.store.root / "worker-profile.jsonl", "a") as log:
+                log.write(json.dumps(line) + "\n")
 
     def _requeue(self, job_id: str) -> None:
         with self.store.transaction() as db:
@@ -216,19 +260,24 @@ class Runner:
         from ..generation import generate
 
         pipe = self.cache.pipeline(config.model)
+        preview = self.cache.preview(config.model, pipe)  # no decoder pass: see `previews`
         steps = config.steps or pipe.default_steps
         every = max(1, steps // 8)  # about eight previews a run, whatever the step count
 
         def callback(i, sigma, x, denoised):
             done = i + 1
-            previews = pipe.preview(denoised) if done % every == 0 and done < steps else None
+            previews = None
+            if done % every == 0 and done < steps:
+                with progress.timed("preview_decode_s"):
+                    previews = preview(denoised)
             progress(done, steps, sigma=float(sigma.max()) if hasattr(sigma, "max")
                      else float(sigma), previews=previews)
 
         progress(0, steps, phase="loading")
         result = generate(config, pipe=pipe, callback=callback, resolve_image=self.resolve)
         progress(steps, steps, phase="saving")
-        rows = self._store_images(result.images, result.recipes, config.model)
+        with progress.timed("store_images_s"):
+            rows = self._store_images(result.images, result.recipes, config.model)
         return {"images": [row["id"] for row in rows]}, rows
 
     def _run_dream(self, config, progress: Progress):
@@ -337,8 +386,17 @@ class Runner:
         mask = self.resolve(config.mask, "mask") if config.mask else None
         progress(0, 1, phase="regenerating")
         warnings: list[str] = []
-        report = reproduce_image(path, init_image=init, mask=mask,
-                                 pipe_loader=self.cache.pipeline, on_warning=warnings.append)
+        try:
+            report = reproduce_image(path, init_image=init, mask=mask,
+                                     pipe_loader=self.cache.pipeline,
+                                     on_warning=warnings.append)
+        except ImageSynthError as exc:  # the library names the CLI's flags; a job has fields
+            if exc.field in ("--init-image", "--mask"):
+                exc.field = exc.field[2:].replace("-", "_")
+                exc.fix = exc.fix or f"pass {exc.field} (upload:ID) in the reproduce request"
+                exc.message = exc.message.replace("--init-image", "init_image").replace(
+                    "--mask", "mask")
+            raise
         return {**report.to_dict(), "warnings": warnings, "image": config.image}, []
 
 
