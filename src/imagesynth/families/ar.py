@@ -33,7 +33,7 @@ from ..config import from_dict, to_dict
 from ..data.folder import CaptionedImageFolder
 from ..diffusion.training import (DiffusionTrainingSet, caption_choice_table, caption_options,
                                   encode_caption_table)
-from ..errors import ConfigError, DataError, InputImageError, ModelNotFoundError
+from ..errors import ConfigError, InputImageError
 from ..io.checkpoint import load_weights, read_config, save_weights
 from ..io.files import sha256_file
 from ..nets.ar_transformer import ARTransformer, draw_tokens, pad_condition
@@ -43,6 +43,7 @@ from ..paths import cache_dir
 from ..registry import Registry, write_model_folder
 from ..train import FamilyRunResult, TrainConfig, train
 from ..train.loop import _resume_relevant
+from .common import load_family_model, training_folder
 
 FAMILY = "ar"
 #: at most this many images enter each periodic evaluation
@@ -492,14 +493,7 @@ def train_ar(data: str | Path, out: str | Path, preset: str = "shapes",
                                              **(tokenizer_overrides or {})})
     loop = from_dict(TrainConfig, {**LOOP_PRESETS[preset], **(overrides or {})})
     started, out = time.perf_counter(), Path(out)
-    if not Path(data).is_dir():
-        raise DataError(f"{data} is not a folder", field="data",
-                        fix="point --data at a folder of images (e.g. from `imagesynth data`)")
-    train_folder = CaptionedImageFolder(data, resolution=vq.image_size, split="train")
-    if len(train_folder) < MIN_IMAGES[preset]:
-        raise ConfigError(f"{data} has {len(train_folder)} training images; preset {preset!r} "
-                          f"needs at least {MIN_IMAGES[preset]}", field="data",
-                          fix="use a larger folder (e.g. `imagesynth data shapes --count ...`)")
+    train_folder = training_folder(data, vq.image_size, preset, MIN_IMAGES[preset])
     if not resume and out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} already holds a run", field="run_dir",
                           fix="choose a new output folder, or resume this run")
@@ -577,17 +571,9 @@ def train_ar(data: str | Path, out: str | Path, preset: str = "shapes",
 def load_ar(spec: str | Path, device: str | torch.device = "cpu",
             text_encoder=None) -> ARModel:
     """Load an ar model by registry name or model-folder path (hash-verified), in eval mode."""
-    registry = Registry()
-    entry = registry.get(str(spec))
-    config = entry.config()
-    if config.get("family") != FAMILY:
-        raise ModelNotFoundError(f"{spec!r} is a {config.get('family', 'unknown')!r} model, "
-                                 "not an ar model", field="model",
-                                 fix="pass an ar model folder (family 'ar')")
-    model = ARModel(from_dict(TokenizerConfig, config["tokenizer"]),
-                    from_dict(TransformerConfig, config["transformer"]), text_encoder)
-    model.load_state_dict(registry.load_state_dict(entry))
-    return model.to(device).eval().requires_grad_(False)
+    return load_family_model(spec, FAMILY, "an ar", lambda config: ARModel(
+        from_dict(TokenizerConfig, config["tokenizer"]),
+        from_dict(TransformerConfig, config["transformer"]), text_encoder), device)
 
 
 def _card(preset: str, vq: TokenizerConfig, transformer: TransformerConfig, loop: TrainConfig,

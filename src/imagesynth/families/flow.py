@@ -26,11 +26,12 @@ from torch import nn
 from ..config import from_dict, to_dict
 from ..data.folder import CaptionedImageFolder
 from ..diffusion.noise import randn_like_per_sample
-from ..errors import ConfigError, DataError, InputImageError, ModelNotFoundError
+from ..errors import ConfigError, InputImageError
 from ..nets.autoencoder_training import ImageTensorSet, spread_subset
 from ..nets.flow import Glow
-from ..registry import Registry, write_model_folder
+from ..registry import write_model_folder
 from ..train import FamilyRunResult, TrainConfig, train
+from .common import load_family_model, training_folder
 
 FAMILY = "flow"
 #: 8-bit data: 256 bins mapped onto [DATA_LOW, DATA_HIGH]
@@ -233,14 +234,7 @@ def train_flow(data: str | Path, out: str | Path, preset: str = "shapes",
     config = from_dict(TrainConfig, {"checkpoint_every": 250, **LOOP_PRESETS[preset],
                                      **(overrides or {})})
     started, out = time.perf_counter(), Path(out)
-    if not Path(data).is_dir():
-        raise DataError(f"{data} is not a folder", field="data",
-                        fix="point --data at a folder of images (e.g. from `imagesynth data`)")
-    train_folder = CaptionedImageFolder(data, resolution=flow.image_size, split="train")
-    if len(train_folder) < MIN_IMAGES[preset]:
-        raise ConfigError(f"{data} has {len(train_folder)} training images; preset {preset!r} "
-                          f"needs at least {MIN_IMAGES[preset]}", field="data",
-                          fix="use a larger folder (e.g. `imagesynth data shapes --count ...`)")
+    train_folder = training_folder(data, flow.image_size, preset, MIN_IMAGES[preset])
     train_set = ImageTensorSet(train_folder)
     val_folder = CaptionedImageFolder(data, resolution=flow.image_size, split="val")
     val_images = ImageTensorSet(val_folder).images if len(val_folder) else train_set.images
@@ -275,16 +269,9 @@ def train_flow(data: str | Path, out: str | Path, preset: str = "shapes",
 
 def load_flow(spec: str | Path, device: str | torch.device = "cpu") -> FlowModel:
     """Load a flow by registry name or model-folder path (hash-verified), in eval mode."""
-    registry = Registry()
-    entry = registry.get(str(spec))
-    config = entry.config()
-    if config.get("family") != FAMILY:
-        raise ModelNotFoundError(f"{spec!r} is a {config.get('family', 'unknown')!r} model, "
-                                 "not a flow", field="model",
-                                 fix="pass a flow model folder (family 'flow')")
-    model = FlowModel(from_dict(FlowConfig, config["flow"]))
-    model.load_state_dict(registry.load_state_dict(entry))
-    return model.to(device).eval().requires_grad_(False)
+    return load_family_model(spec, FAMILY, "a flow",
+                             lambda config: FlowModel(from_dict(FlowConfig, config["flow"])),
+                             device)
 
 
 def _card(preset: str, flow: FlowConfig, train_config: TrainConfig, steps: int,

@@ -24,12 +24,12 @@ from torch import nn
 from torch.func import functional_call
 
 from ..config import from_dict, to_dict
-from ..data.folder import CaptionedImageFolder
-from ..errors import ConfigError, DataError, ModelNotFoundError
-from ..nets.autoencoder_training import spread_subset, to_signed
+from ..errors import ConfigError
+from ..nets.autoencoder_training import to_signed
 from ..nets.gan import GAN, GANConfig
-from ..registry import Registry, write_model_folder
+from ..registry import write_model_folder
 from ..train import FamilyRunResult, TrainConfig, train
+from .common import load_family_model, training_folder
 
 FAMILY = "gan"
 #: z draws that estimate each condition's mean w for truncation (fixed seed: deterministic)
@@ -280,14 +280,7 @@ def train_gan(data: str | Path, out: str | Path, preset: str = "shapes",
     config = from_dict(TrainConfig, {"checkpoint_every": 500, **_GAN_TRAINING,
                                      **LOOP_PRESETS[preset], **(overrides or {})})
     started, out = time.perf_counter(), Path(out)
-    if not Path(data).is_dir():
-        raise DataError(f"{data} is not a folder", field="data",
-                        fix="point --data at a folder of images (e.g. from `imagesynth data`)")
-    folder = CaptionedImageFolder(data, resolution=architecture.image_size, split="train")
-    if len(folder) < MIN_IMAGES[preset]:
-        raise ConfigError(f"{data} has {len(folder)} training images; preset {preset!r} needs "
-                          f"at least {MIN_IMAGES[preset]}", field="data",
-                          fix="use a larger folder (e.g. `imagesynth data shapes --count ...`)")
+    folder = training_folder(data, architecture.image_size, preset, MIN_IMAGES[preset])
     items = [folder.items[i] for i in range(len(folder))]
     if text_encoder is None:
         from ..text import load_text_encoder
@@ -362,16 +355,8 @@ def checker_pass_rate(model: GANModel, prompts: list[str], condition: torch.Tens
 
 def load_gan(spec: str | Path, device: str | torch.device = "cpu") -> GANModel:
     """Load a GAN by registry name or model-folder path (hash-verified), in eval mode."""
-    registry = Registry()
-    entry = registry.get(str(spec))
-    config = entry.config()
-    if config.get("family") != FAMILY:
-        raise ModelNotFoundError(f"{spec!r} is a {config.get('family', 'unknown')!r} model, "
-                                 "not a GAN", field="model",
-                                 fix="pass a GAN model folder (family 'gan')")
-    model = GANModel(from_dict(GANConfig, config["gan"]), config.get("text_encoder", "minilm"))
-    model.load_state_dict(registry.load_state_dict(entry))
-    return model.to(device).eval().requires_grad_(False)
+    return load_family_model(spec, FAMILY, "a GAN", lambda config: GANModel(
+        from_dict(GANConfig, config["gan"]), config.get("text_encoder", "minilm")), device)
 
 
 def _card(preset: str, architecture: GANConfig, train_config: TrainConfig, steps: int,
