@@ -274,7 +274,8 @@ class Runner:
                      else float(sigma), previews=previews)
 
         progress(0, steps, phase="loading")
-        result = generate(config, pipe=pipe, callback=callback, resolve_image=self.resolve)
+        with progress.timed("generate_s"):
+            result = generate(config, pipe=pipe, callback=callback, resolve_image=self.resolve)
         progress(steps, steps, phase="saving")
         with progress.timed("store_images_s"):
             rows = self._store_images(result.images, result.recipes, config.model)
