@@ -38,6 +38,9 @@ FAULT_ENV = "IMAGESYNTH_SERVE_FAULT"
 PROFILE_ENV = "IMAGESYNTH_SERVE_PROFILE"
 THUMB_SIDE = 256
 PREVIEW_SECONDS = 0.25  # at most one progress write per this many seconds (previews excepted)
+#: at most one preview per this many seconds: the event stream looks every 0.1 s, so faster
+#: previews of a quick run would mostly be overwritten before anyone saw them
+PREVIEW_MIN_SECONDS = 0.2
 
 
 class JobCancelled(Exception):
@@ -263,11 +266,14 @@ class Runner:
         preview = self.cache.preview(config.model, pipe)  # no decoder pass: see `previews`
         steps = config.steps or pipe.default_steps
         every = max(1, steps // 8)  # about eight previews a run, whatever the step count
+        last_preview = [-PREVIEW_MIN_SECONDS]
 
         def callback(i, sigma, x, denoised):
             done = i + 1
             previews = None
-            if done % every == 0 and done < steps:
+            if done % every == 0 and done < steps and \
+                    time.monotonic() - last_preview[0] >= PREVIEW_MIN_SECONDS:
+                last_preview[0] = time.monotonic()
                 with progress.timed("preview_decode_s"):
                     previews = preview(denoised)
             progress(done, steps, sigma=float(sigma.max()) if hasattr(sigma, "max")
