@@ -1,6 +1,6 @@
 """Studio throughput and status-poll latency against the Python API. Prints JSON.
 
-    python benchmarks/serve.py --jobs 16 --rounds 4 --polls 500 --queue 200
+    python benchmarks/serve.py --jobs 64 --rounds 8 --polls 500 --queue 200
 
 - `server`: `imagesynth serve` (real process, loopback, a throwaway data dir) with its default
   model (`emoji`, bundled), one warm-up job, then jobs of 1 image at the model's default steps
@@ -157,8 +157,10 @@ def worker_profile(data_dir: Path) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=16, help="Jobs per arm (K).")
-    parser.add_argument("--rounds", type=int, default=4,
+    # 8 jobs a round: with 2, the round's fixed start (first submit, the worker's next claim)
+    # is a few % of the server arm's time on its own
+    parser.add_argument("--jobs", type=int, default=64, help="Jobs per arm (K).")
+    parser.add_argument("--rounds", type=int, default=8,
                         help="Alternate the arms in this many rounds of K/rounds jobs each, so "
                              "that a shared machine's changing load hits both alike.")
     parser.add_argument("--polls", type=int, default=500)

@@ -331,6 +331,42 @@ def test_with_a_token_the_login_link_signs_the_page_in(browser_context, studio_m
             page.close()
 
 
+def test_opening_the_page_without_the_token_shows_how_to_sign_in(browser_context, studio_model,
+                                                                tmp_path):
+    from studio_support import StudioProcess
+
+    with StudioProcess(tmp_path / "data", token="browser-test-token-4567") as server:
+        page = browser_context.new_page()
+        try:
+            response = page.goto(f"{server.url}/")
+            assert response.status == 401
+            text = page.locator("body").inner_text()
+            assert "login link" in text and "Authorization: Bearer" in text
+            assert "browser-test-token" not in page.content()
+        finally:
+            page.close()
+
+
+def test_the_api_docs_render_offline_from_local_files(browser_context, studio):
+    page = browser_context.new_page()
+    problems, remote = [], []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("console", lambda message: problems.append(message.text)
+            if message.type == "error" else None)
+    page.on("request", lambda request: remote.append(request.url)
+            if not request.url.startswith(studio.url) else None)
+    try:
+        page.goto(f"{studio.url}/docs")
+        page.locator(".opblock-summary-path", has_text="/api/jobs").first.wait_for(
+            timeout=30_000)  # Swagger UI drew the operations from /openapi.json
+        assert page.locator(".opblock").count() >= 20
+        BUILD.mkdir(exist_ok=True)
+        page.screenshot(path=str(BUILD / "studio-api-docs.png"))
+    finally:
+        page.close()
+    assert not problems and not remote, (problems, remote)
+
+
 @pytest.mark.slow
 def test_docs_screenshot(tmp_path):
     """docs/studio.png: the bundled emoji model, a finished batch and the gallery (about 1 min)."""

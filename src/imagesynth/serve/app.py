@@ -19,6 +19,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from .. import __version__
 from ..errors import (ConfigError, ImageSynthError, InputImageError, OversizedImageError,
@@ -193,8 +194,11 @@ def create_app(settings: StudioSettings) -> FastAPI:
         if settings.start_worker:
             await asyncio.to_thread(studio.supervisor.stop)
 
+    # docs_url=None: FastAPI's own /docs page loads Swagger UI from a CDN with an inline script;
+    # the studio serves the same UI from a package and a static file instead (offline, CSP-clean)
     app = FastAPI(title="imagesynth studio", version=__version__, lifespan=lifespan,
-                  description="Local web studio and HTTP API over imagesynth's jobs.")
+                  description="Local web studio and HTTP API over imagesynth's jobs.",
+                  docs_url=None, redoc_url=None)
     app.state.studio = studio
 
     @app.exception_handler(ApiError)
@@ -225,6 +229,10 @@ def create_app(settings: StudioSettings) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-store"})
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return FileResponse(STATIC_DIR / "docs.html", headers={"cache-control": "no-store"})
 
     @app.get("/login", include_in_schema=False)
     async def login(request: Request):
@@ -406,6 +414,7 @@ def create_app(settings: StudioSettings) -> FastAPI:
 
     add_a1111_routes(app, studio)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
     allowed = loopback_hosts(settings.host, settings.port) if is_loopback(settings.host) else None
     return SecurityMiddleware(app, token=settings.token, allowed_hosts=allowed,
                               max_body=MAX_BODY_BYTES)

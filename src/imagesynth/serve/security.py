@@ -109,6 +109,8 @@ class SecurityMiddleware:
             return await _refuse(send, 403, "host", f"Host {host!r} is not this server",
                                  "open the studio at the address `imagesynth serve` printed")
         if self.token is not None and not self._authorised(scope, headers):
+            if method == "GET" and "text/html" in headers.get("accept", ""):
+                return await _sign_in_page(send)  # a person at a browser, not an API client
             return await _refuse(send, 401, "token", "a valid token is required",
                                  "open the login link `imagesynth serve` printed, or send "
                                  "Authorization: Bearer TOKEN")
@@ -182,6 +184,24 @@ def _with_headers(send):
         await send(message)
 
     return send_with_headers
+
+
+SIGN_IN_PAGE = b"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>imagesynth studio: sign in</title></head>
+<body><main><h1>imagesynth studio</h1>
+<p>This studio was started with a token. Open the login link that <code>imagesynth serve</code>
+printed (<code>http://HOST:PORT/login?token=...</code>) to sign this browser in.</p>
+<p>API clients send <code>Authorization: Bearer TOKEN</code> instead.</p></main></body></html>
+"""
+
+
+async def _sign_in_page(send) -> None:
+    """401 as a page that tells the person how to sign in (no asset: they all need the token)."""
+    await send({"type": "http.response.start", "status": 401,
+                "headers": [(b"content-type", b"text/html; charset=utf-8"),
+                            (b"content-length", str(len(SIGN_IN_PAGE)).encode())]
+                + SECURITY_HEADERS})
+    await send({"type": "http.response.body", "body": SIGN_IN_PAGE})
 
 
 async def _refuse(send, status: int, field: str, message: str, fix: str) -> None:
