@@ -19,7 +19,7 @@ import torch
 from imagesynth.data import HELD_OUT_PAIRS, PALETTE, SHAPES, check
 from imagesynth.diffusion.noise import generators_from_seeds
 from imagesynth.families.ar import load_ar
-from imagesynth.nets.autoencoder_training import to_uint8
+from imagesynth.train.datasets import to_uint8
 from imagesynth.registry import Registry
 
 

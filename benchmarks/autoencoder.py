@@ -20,8 +20,7 @@ import torch
 
 from timing import median_seconds
 from imagesynth.nets.autoencoder import PRESETS, Autoencoder, autoencoder_config
-from imagesynth.nets.autoencoder_training import LOOP_PRESETS, AutoencoderLoss, \
-    AutoencoderObjective
+from imagesynth.families.autoencoder import LOOP_PRESETS, AutoencoderLoss, AutoencoderObjective
 
 
 def _autocast(precision: str):

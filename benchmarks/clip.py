@@ -29,7 +29,7 @@ from timing import median_seconds
 from imagesynth.apps import SearchIndex
 from imagesynth.apps.search_index import faiss_module
 from imagesynth.clip import CLIPScorer
-from imagesynth.clip.training import PRESETS, train_clip
+from imagesynth.families.clip import PRESETS, train_clip
 from imagesynth.data import build_shapes_dataset
 from imagesynth.data.shapes_dataset import ShapesConfig
 from imagesynth.nets.clip import CLIPModel

@@ -17,7 +17,7 @@ import torch
 
 from imagesynth.diffusion import ClassifierFreeGuidance, EDMDenoiser, get_sampler, karras_sigmas
 from imagesynth.diffusion.noise import initial_noise
-from imagesynth.diffusion.training import PRESETS
+from imagesynth.families.diffusion import PRESETS
 from imagesynth.nets.autoencoder import Autoencoder, autoencoder_config
 from imagesynth.nets.unet import build_unet, parameter_count, unet_config
 from imagesynth.text import load_text_encoder

@@ -19,7 +19,8 @@ import time
 import torch
 
 from imagesynth.diffusion import EDMDenoiser
-from imagesynth.diffusion.training import DiffusionObjective, DiffusionTrainingSet, TextTable
+from imagesynth.families.diffusion import DiffusionObjective
+from imagesynth.train.datasets import CaptionedTrainingSet, TextTable
 from imagesynth.nets.unet import build_unet, parameter_count, unet_config
 from imagesynth.train import TrainConfig, train
 
@@ -28,7 +29,7 @@ def make_parts(preset: str, size: int, count: int):
     torch.manual_seed(0)
     denoiser = EDMDenoiser(build_unet(unet_config(preset, sample_size=size, channels=3)))
     table = TextTable(torch.randn(9, 12, 384), torch.ones(9, 12), {str(i): i for i in range(9)}, 0)
-    data = DiffusionTrainingSet(torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8),
+    data = CaptionedTrainingSet(torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8),
                                 torch.randint(1, 9, (count, 1)))
     return denoiser, DiffusionObjective(table, 0.1, latent=False), data
 

@@ -21,7 +21,7 @@ import torch
 
 from imagesynth.data.shapes_check import detect_objects
 from imagesynth.nets.autoencoder import load_autoencoder
-from imagesynth.nets.autoencoder_training import to_uint8
+from imagesynth.train.datasets import to_uint8
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ def shapes_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_clip_run(tmp_path_factory):
     """A tiny CLIP trained for 60 steps on a 16 px ShapesWorld folder: (root, FamilyRunResult)."""
-    from imagesynth.clip.training import train_clip
+    from imagesynth.families.clip import train_clip
     from imagesynth.data import ShapesConfig, build_shapes_dataset
 
     root = tmp_path_factory.mktemp("clip")

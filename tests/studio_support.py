@@ -26,7 +26,7 @@ def free_port() -> int:
 def build_tiny_model(root: Path, name: str = "tiny") -> Path:
     """Train a 16 px diffusion model for 3 steps and register it as `name` (in IMAGESYNTH_HOME)."""
     from imagesynth.data import ShapesConfig, build_shapes_dataset
-    from imagesynth.diffusion.training import train_diffusion
+    from imagesynth.families.diffusion import train_diffusion
     from imagesynth.registry import Registry
 
     build_shapes_dataset(root / "data", ShapesConfig(count=16, size=16, seed=0))

@@ -91,7 +91,7 @@ def test_bad_labels_templates_and_images_are_refused(tmp_path):
 @pytest.fixture(scope="module")
 def trained_shapes_clip(tmp_path_factory):
     """A tiny CLIP trained for a few seconds on single-object ShapesWorld scenes."""
-    from imagesynth.clip.training import train_clip
+    from imagesynth.families.clip import train_clip
     from imagesynth.data import build_shapes_dataset
     from imagesynth.data.shapes_dataset import ShapesConfig
 

@@ -14,11 +14,11 @@ from imagesynth.io.checkpoint import load_weights
 from imagesynth.nets.autoencoder import (PRESETS, Autoencoder, autoencoder_config,
                                          load_autoencoder, model_config)
 from imagesynth.metrics import ModuleExtractor
-from imagesynth.nets.autoencoder_training import (KL_WEIGHTS, AutoencoderLoss,
-                                                  AutoencoderObjective,
-                                                  ImageTensorSet, PixelStatistics, psnr,
-                                                  reconstruct_uint8, reconstruction_fd,
-                                                  train_autoencoder)
+from imagesynth.families.autoencoder import (KL_WEIGHTS, AutoencoderLoss, AutoencoderObjective,
+                                             PixelStatistics, reconstruct_uint8, reconstruction_fd,
+                                             train_autoencoder)
+from imagesynth.train.datasets import ImageTensorSet
+from imagesynth.metrics.psnr import psnr
 from imagesynth.registry import write_model_folder
 
 TINY_RUN = dict(max_steps=40, batch_size=8, eval_every=20, checkpoint_every=20)
@@ -111,7 +111,7 @@ def test_vector_vae_trains_with_its_own_kl_weight_and_reloads(shapes16, tmp_path
 
 
 def test_mixture_prior_recovers_a_known_mixture_and_samples_by_the_generator():
-    from imagesynth.nets.autoencoder_training import fit_latent_prior
+    from imagesynth.families.autoencoder import fit_latent_prior
     from imagesynth.nets.vector_vae import MixturePrior
 
     class LatentsAsPixels(torch.nn.Module):
@@ -305,7 +305,7 @@ def test_cli_trains_and_reports_one_line_errors(shapes16, tmp_path, capsys):
 
 
 def test_fd_with_a_clip_image_tower_is_named_after_it(tiny_clip_run):
-    from imagesynth.nets.autoencoder_training import fd_extractor
+    from imagesynth.families.autoencoder import fd_extractor
 
     _, clip_run = tiny_clip_run
     extractor = fd_extractor(str(clip_run.model_dir))

@@ -8,7 +8,7 @@ import torch
 
 from imagesynth.clip import CLIPScorer, load_clip
 from imagesynth.clip.evaluation import shapes_zero_shot, topk_accuracy
-from imagesynth.clip.training import PRESETS, random_zoom_shift, train_clip
+from imagesynth.families.clip import PRESETS, random_zoom_shift, train_clip
 from imagesynth.errors import ConfigError, DataError
 from imagesynth.nets.clip import CLIPConfig, CLIPModel
 
@@ -202,7 +202,7 @@ def test_paraphrase_retrieval_reports_descriptions_against_the_names_baseline(tm
 
 
 def test_adversarial_training_perturbs_within_eps_and_raises_the_loss():
-    from imagesynth.clip.training import CLIPObjective
+    from imagesynth.families.clip import CLIPObjective
 
     torch.manual_seed(0)
     model = CLIPModel(TINY)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from imagesynth.data import ShapesConfig, build_shapes_dataset
-from imagesynth.diffusion.training import train_diffusion
+from imagesynth.families.diffusion import train_diffusion
 from imagesynth.pipeline import load_pipeline
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from imagesynth.data import ShapesConfig, build_shapes_dataset
 from imagesynth.diffusion import EDMDenoiser
-from imagesynth.diffusion.training import (DiffusionObjective, encode_caption_table,
-                                           export_checkpoint, train_diffusion)
+from imagesynth.families.diffusion import DiffusionObjective, export_checkpoint, train_diffusion
+from imagesynth.train.datasets import encode_caption_table
 from imagesynth.errors import ConfigError, DataError
 from imagesynth.io.checkpoint import load_weights
 from imagesynth.nets.unet import build_unet, unet_config
@@ -248,8 +248,8 @@ def test_fine_tuning_starts_from_a_model_and_may_add_coordinate_channels(shapes1
 
 def test_training_noise_distribution_is_configurable(shapes16, tmp_path, minilm, monkeypatch):
     """--train-sigma-mean/std reach the EDM denoiser that samples the training sigmas."""
-    import imagesynth.diffusion.training as training
-    from imagesynth.diffusion.training import DiffusionConfig
+    import imagesynth.families.diffusion as training
+    from imagesynth.families.diffusion import DiffusionConfig
 
     seen = []
 

@@ -18,7 +18,8 @@ from imagesynth.families.ar import (ARModel, ar_config, load_ar, tokenizer_confi
                                     tokenizer_metrics, train_ar)
 from imagesynth.io.checkpoint import load_weights
 from imagesynth.nets.ar_transformer import KVCache, draw_tokens, filter_logits
-from imagesynth.nets.autoencoder_training import ImageTensorSet, psnr, to_signed, to_uint8
+from imagesynth.train.datasets import ImageTensorSet, to_signed, to_uint8
+from imagesynth.metrics.psnr import psnr
 from imagesynth.nets.vq import VectorQuantizer
 from imagesynth.registry import write_model_folder
 

@@ -16,7 +16,7 @@ from imagesynth.families import GeneratorFamily, LatentFamily
 from imagesynth.families.flow import (FlowConfig, FlowModel, bits_per_dim,
                                       discrete_bits_per_dim, dequantize, flow_config, load_flow,
                                       train_flow)
-from imagesynth.nets.autoencoder_training import ImageTensorSet, to_signed, to_uint8
+from imagesynth.train.datasets import ImageTensorSet, to_signed, to_uint8
 from imagesynth.nets.flow import (ActNorm, AffineCoupling, Glow, InvConv1x1, SplitPrior,
                                   TopPrior, squeeze, unsqueeze)
 from imagesynth.registry import write_model_folder

@@ -10,7 +10,7 @@ from PIL import Image
 import imagesynth
 from imagesynth.cli import run
 from imagesynth.data import ShapesConfig, build_shapes_dataset
-from imagesynth.diffusion.training import train_diffusion
+from imagesynth.families.diffusion import train_diffusion
 from imagesynth.errors import ConfigError, InputImageError, NumericError
 from imagesynth.io.files import sha256_file
 from imagesynth.io.pngmeta import read_recipe, save_png

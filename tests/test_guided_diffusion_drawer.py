@@ -39,7 +39,7 @@ def shapes16(shapes_folder):
 @pytest.fixture(scope="module")
 def pixel_model(shapes16, tmp_path_factory, minilm):
     """A 16 px pixel-space text-to-image model trained for 3 steps: (folder, pipeline)."""
-    from imagesynth.diffusion.training import train_diffusion
+    from imagesynth.families.diffusion import train_diffusion
     from imagesynth.pipeline import load_pipeline
 
     result = train_diffusion(shapes16, tmp_path_factory.mktemp("pixel-model"), preset="tiny",
@@ -52,7 +52,7 @@ def pixel_model(shapes16, tmp_path_factory, minilm):
 @pytest.fixture(scope="module")
 def latent_pipe(shapes16, tmp_path_factory, minilm):
     """A 16 px latent model over an untrained tiny autoencoder (8x8x4 latents)."""
-    from imagesynth.diffusion.training import train_diffusion
+    from imagesynth.families.diffusion import train_diffusion
     from imagesynth.nets.autoencoder import Autoencoder, autoencoder_config
     from imagesynth.pipeline import load_pipeline
 
@@ -70,7 +70,7 @@ def latent_pipe(shapes16, tmp_path_factory, minilm):
 def scorer(shapes16, tmp_path_factory, minilm):
     """A tiny CLIP (5 steps): the drawer only needs some differentiable score: (folder, scorer)."""
     from imagesynth.clip import load_clip
-    from imagesynth.clip.training import train_clip
+    from imagesynth.families.clip import train_clip
 
     result = train_clip(shapes16, tmp_path_factory.mktemp("clip"), preset="tiny",
                         overrides=dict(max_steps=5, eval_every=5), show_progress=False)

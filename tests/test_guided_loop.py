@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from imagesynth.clip import load_clip
-from imagesynth.clip.training import train_clip
+from imagesynth.families.clip import train_clip
 from imagesynth.cli import run
 from imagesynth.errors import ConfigError, IntegrityError
 from imagesynth.guided import DreamConfig, dream, reproduce_from_recipe, save_gif

@@ -255,6 +255,30 @@ def test_inpainting_with_a_painted_mask(page, studio):
     assert 3 <= pixels.count(255) < 200
 
 
+def test_outpainting_previews_the_canvas_the_borders_make(page, studio):
+    page.locator("#tabs button[data-tab=inpaint]").click()
+    tab = view(page, "inpaint")
+    tab.locator("[data-field=init_image] input[type=file]").set_input_files(
+        {"name": "init.png", "mimeType": "image/png", "buffer": png_bytes()})
+    tab.locator("[data-testid=mode-outpaint]").click()
+    preview = tab.locator("[data-testid=outpaint-preview]")
+    assert preview.is_hidden()  # no border yet
+    tab.locator("input[name=outpaint-left]").fill("4")
+    tab.locator("input[name=outpaint-top]").fill("2")
+    preview.wait_for(state="visible", timeout=10_000)
+    note = tab.locator("[data-testid=outpaint-note]")
+    assert note.inner_text() == "16×16 result: your image shrunk to 12×14, the hatched border painted"
+    # the canvas shows the hatched border where the image is not, the image inside it
+    corner, inside = page.evaluate("""() => {
+        const c = document.querySelector('#view-inpaint [data-testid=outpaint-preview]');
+        const ctx = c.getContext('2d');
+        return [[...ctx.getImageData(0, 0, 1, 1).data], [...ctx.getImageData(5, 3, 1, 1).data]];
+    }""")
+    assert corner[:3] != inside[:3] and max(abs(a - b) for a, b in zip(inside, (200, 40, 40))) <= 2
+    tab.locator("input[name=outpaint-right]").fill("12")
+    assert "do not fit a 16×16 image" in note.inner_text()
+
+
 def test_cancelling_a_running_job_saves_nothing(page, studio):
     tab = view(page, "txt2img")
     tab.locator("textarea[name=prompt]").fill("cancel me please")

@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from PIL import Image
 
+from .diffusion.denoisers import EDMDenoiser
 from .errors import ConfigError, InputImageError, ModelNotFoundError, NumericError
-from .io.files import sha256_bytes
+from .io.files import sha256_bytes, sha256_file
 from .io.images import open_image
 from .registry import Registry
 
@@ -337,7 +339,6 @@ def load_pipeline(name_or_path: str = "emoji", *, autoencoder=None, text_encoder
 
     `autoencoder` / `text_encoder` reuse already loaded modules instead of loading the config's.
     """
-    from .diffusion.training import load_denoiser
     from .text import load_text_encoder
 
     registry = Registry()
@@ -351,8 +352,6 @@ def load_pipeline(name_or_path: str = "emoji", *, autoencoder=None, text_encoder
     model_hash = entry.weights_sha256 or ""
     latent = config.get("autoencoder")
     if latent and autoencoder is None:
-        from .diffusion.training import load_autoencoder_spec
-
         if not latent.get("spec"):
             raise ModelNotFoundError("this latent model names no autoencoder", field="autoencoder",
                                      fix="pass the autoencoder it was trained with")
@@ -374,6 +373,24 @@ def load_pipeline(name_or_path: str = "emoji", *, autoencoder=None, text_encoder
                           fix=f"pass load_text_encoder({config['text_encoder']!r}) or none")
     return DiffusionPipeline(load_denoiser(state, config), text_encoder,
                              config, model_name, model_hash, autoencoder, device)
+
+
+def load_denoiser(state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -> EDMDenoiser:
+    """Rebuild the EDM denoiser of a diffusion model folder from its config and weights."""
+    from .nets.unet import build_unet
+
+    network = build_unet(config["unet"])
+    network.load_state_dict(state_dict)
+    return EDMDenoiser(network, sigma_data=float(config["sigma_data"])).eval()
+
+
+def load_autoencoder_spec(spec: str) -> tuple[nn.Module, str]:
+    """Load an autoencoder model by registry name or path; return it and its weights' SHA-256."""
+    from .nets.autoencoder import load_autoencoder  # built by the autoencoder family
+
+    entry = Registry().get(spec)
+    digest = entry.weights_sha256 or sha256_file(entry.root)
+    return load_autoencoder(spec), digest
 
 
 def image_bytes_equal(first: Image.Image, second: Image.Image) -> bool:

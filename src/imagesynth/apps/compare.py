@@ -70,7 +70,7 @@ def train_family(family: str, data: str, out: Path, minutes: float) -> str:
     """Train one family's preset for `minutes` of wall clock; return its model folder."""
     budget = {"max_minutes": minutes, "max_steps": 10 ** 7, "eval_every": None}
     if family == "vae":
-        from ..nets.autoencoder_training import train_autoencoder
+        from ..families.autoencoder import train_autoencoder
 
         result = train_autoencoder(data, out, preset=PRESETS[family], overrides=budget)
     elif family == "gan":
@@ -86,7 +86,7 @@ def train_family(family: str, data: str, out: Path, minutes: float) -> str:
 
         result = train_ar(data, out, preset=PRESETS[family], overrides=budget)
     else:
-        from ..diffusion.training import train_diffusion
+        from ..families.diffusion import train_diffusion
 
         result = train_diffusion(data, out, preset=PRESETS[family], overrides=budget)
     return str(result.model_dir)
@@ -195,10 +195,10 @@ def measure_family(model, family: str, reference_u8: torch.Tensor, captions: lis
 def run_compare(config: CompareConfig, on_progress: Callable[[str], None] = print) -> dict:
     """Train or load each family, measure it, and return the report (rows + the seed's claims)."""
     from ..data.folder import CaptionedImageFolder
-    from ..diffusion.training import images_as_uint8
     from ..families.sampling import load_family
     from ..metrics.evaluate import extract_features
     from ..metrics.extractors import create_extractor
+    from ..train.datasets import images_as_uint8
 
     reference = CaptionedImageFolder(config.data, resolution=config.size, split="val")
     if len(reference) < 16:

@@ -53,7 +53,7 @@ def write_grid(images, first_path: Path) -> Path:
     """All images as one grid PNG beside the first image (FIRST-grid.png)."""
     import torch
 
-    from ..diffusion.training import save_grid_png
+    from ..train.datasets import save_grid_png
     from ..pipeline import _to_tensor
 
     grid_path = first_path.with_name(f"{first_path.stem}-grid.png")

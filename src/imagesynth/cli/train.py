@@ -41,7 +41,7 @@ def train_clip_command(
     adversarial_eps: float = typer.Option(0.0, help="Adversarial training: perturb images within this L-inf radius (pixels in [0,1], e.g. 0.0157 = 4/255); 0 = off."),
 ) -> None:
     """Train a CLIP (locked MiniLM text features + image tower) on a captioned folder."""
-    from ..clip.training import train_clip
+    from ..families.clip import train_clip
 
     if text_projection not in ("mlp", "linear"):
         raise ConfigError(f"unknown text projection {text_projection!r}", field="text_projection",

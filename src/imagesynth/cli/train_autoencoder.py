@@ -32,7 +32,7 @@ def train_autoencoder_command(
         "default: FD on 8x8-pooled raw pixels."),
 ) -> None:
     """Train a KL autoencoder or vector VAE; report PSNR, FD and the latent scaling factor."""
-    from ..nets.autoencoder_training import preset_loss, train_autoencoder
+    from ..families.autoencoder import preset_loss, train_autoencoder
 
     overrides = loop_overrides(precision=precision, seed=seed, max_steps=steps,
                                batch_size=batch_size, learning_rate=learning_rate,

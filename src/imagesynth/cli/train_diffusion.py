@@ -29,7 +29,7 @@ def train_diffusion_command(
     train_sigma_std: Optional[float] = typer.Option(None, help="Training noise: std of ln(sigma) (EDM P_std, default 1.2)."),
 ) -> None:
     """Train a text-conditioned EDM diffusion model (pixel or latent space) with the shared loop."""
-    from ..diffusion.training import train_diffusion
+    from ..families.diffusion import train_diffusion
 
     overrides = loop_overrides(precision=precision, seed=seed, max_steps=steps,
                                batch_size=batch_size, learning_rate=learning_rate,
@@ -53,7 +53,7 @@ def train_export_command(
     out: Optional[Path] = typer.Option(None, help="Model folder to write (default RUN/model-step-N)."),
 ) -> None:
     """Write a diffusion run's newest checkpoint (EMA weights) as a model folder, mid-training."""
-    from ..diffusion.training import export_checkpoint
+    from ..families.diffusion import export_checkpoint
 
     folder, step = export_checkpoint(run, out)
     console.print(f"[green]exported[/] step {step} to {folder}; try it with "

@@ -31,13 +31,14 @@ from torch.nn import functional as F
 
 from ..config import from_dict, to_dict
 from ..data.folder import CaptionedImageFolder
-from ..diffusion.training import (DiffusionTrainingSet, caption_choice_table, caption_options,
-                                  encode_caption_table)
+from ..train.datasets import (CaptionedTrainingSet, caption_choice_table, caption_options,
+                              encode_caption_table)
 from ..errors import ConfigError, InputImageError
 from ..io.checkpoint import load_weights, read_config, save_weights
 from ..io.files import sha256_file
 from ..nets.ar_transformer import ARTransformer, draw_tokens, pad_condition
-from ..nets.autoencoder_training import ImageTensorSet, psnr, spread_subset, to_signed, to_uint8
+from ..train.datasets import ImageTensorSet, spread_subset, to_signed, to_uint8
+from ..metrics.psnr import psnr
 from ..nets.vq import VQTokenizer
 from ..paths import cache_dir
 from ..registry import Registry, write_model_folder
@@ -536,7 +537,7 @@ def train_ar(data: str | Path, out: str | Path, preset: str = "shapes",
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(loop.seed)
         transformer = build_transformer(transformer_config, vq)
-    result = train(transformer, DiffusionTrainingSet(train_tokens, choices),
+    result = train(transformer, CaptionedTrainingSet(train_tokens, choices),
                    TransformerObjective(text, transformer_config.condition_dropout), loop,
                    out / "transformer", on_eval=evaluate, show_progress=show_progress,
                    resume=resume, stop_after=stop_after)

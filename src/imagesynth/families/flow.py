@@ -27,7 +27,7 @@ from ..config import from_dict, to_dict
 from ..data.folder import CaptionedImageFolder
 from ..diffusion.noise import randn_like_per_sample
 from ..errors import ConfigError, InputImageError
-from ..nets.autoencoder_training import ImageTensorSet, spread_subset
+from ..train.datasets import ImageTensorSet, spread_subset
 from ..nets.flow import Glow
 from ..registry import write_model_folder
 from ..train import FamilyRunResult, TrainConfig, train

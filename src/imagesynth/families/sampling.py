@@ -86,7 +86,7 @@ def load_family(spec: str, device: str | torch.device = "cpu"):
     """Load any generator model behind the family interface."""
     family = family_of(spec)
     if family == "vae":
-        from .vae import load_vae
+        from .autoencoder import load_vae
 
         return load_vae(spec, device)
     if family == "gan":

@@ -6,7 +6,7 @@ import { $, $$, api, el, fieldError, notify, refURL, state, thumbURL } from './c
 import { Form, label, resetForm } from './forms.js';
 import { Gallery, Recent, galleryChanged, hooks, openDetail } from './gallery.js';
 import { JobView, QueueView, running, submitJob, watchJob } from './jobs.js';
-import { maskWidget } from './mask.js';
+import { maskWidget, outpaintPreview } from './mask.js';
 
 const GENERATE = ['prompt', 'negative', 'model', 'n', 'seed', 'steps', 'guidance', 'sampler'];
 const DREAM_MAIN = ['prompt', 'drawer', 'scorer', 'steps', 'width', 'height', 'seed', 'cells',
@@ -94,6 +94,7 @@ function buildTab(id) {
   const form = new Form(formEl, tab.kind, { fields: tab.fields, advanced, widgets, submitLabel: tab.submit,
                                             segmented: tab.segmented, descriptions: tab.descriptions });
   form.onsubmit = () => submit(id);
+  if (id === 'inpaint') outpaintPreview(form);
   forms[id] = form;
   views[id] = new JobView(output, { empty: id === 'search' ? 'Matching gallery images appear here.'
     : 'Results appear here.' });

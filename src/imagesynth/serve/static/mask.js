@@ -138,3 +138,55 @@ export function maskWidget(spec, form) {
     exportMask,
   };
 }
+
+/**
+ * Outpainting preview under the border fields: the model's square canvas as the pipeline will
+ * build it (the init image shrunk into the inner rectangle, the new border hatched), so a user
+ * sees what the borders do before spending a run.
+ */
+export function outpaintPreview(form) {
+  const borders = form.get('outpaint');
+  const init = form.get('init_image');
+  if (!borders || !init || !borders.inputs) return;
+  const canvas = el('canvas', { class: 'outpaint-preview', 'data-testid': 'outpaint-preview',
+                                width: 1, height: 1 });
+  const note = el('div', { class: 'pick-meta', 'data-testid': 'outpaint-note' });
+  const box = el('div', { class: 'outpaint-box', hidden: true }, canvas, note);
+  borders.node.after(box);
+  const ctx = canvas.getContext('2d');
+  let image = null;
+  const side = () => {
+    const size = form.get('size');
+    const model = form.get('model');
+    return Number(size?.input?.value) || model?.info?.()?.image_size || 0;
+  };
+  const draw = () => {
+    const s = side();
+    const [left, top, right, bottom] = borders.inputs.map((input) => Math.max(0, Number(input.value) || 0));
+    box.hidden = !image || !s || left + top + right + bottom === 0;
+    if (box.hidden) return;
+    const [w, h] = [s - left - right, s - top - bottom];
+    canvas.width = s;
+    canvas.height = s;
+    ctx.fillStyle = '#2a2f3a';
+    ctx.fillRect(0, 0, s, s);
+    ctx.fillStyle = PAINT;
+    for (let y = 0; y < s; y += 1) for (let x = (y % 4); x < s; x += 4) ctx.fillRect(x, y, 1, 1);
+    if (w < 1 || h < 1) {
+      note.textContent = `the borders do not fit a ${s}×${s} image: keep left+right and top+bottom under ${s}`;
+      note.classList.add('error-text');
+      return;
+    }
+    note.classList.remove('error-text');
+    ctx.drawImage(image, left, top, w, h);
+    note.textContent = `${s}×${s} result: your image shrunk to ${w}×${h}, the hatched border painted`;
+  };
+  init.onchange(async (ref) => {
+    image = null;
+    if (ref) { try { image = await loadImage(refURL(ref)); } catch { image = null; } }
+    draw();
+  });
+  for (const input of borders.inputs) input.addEventListener('input', draw);
+  form.get('size')?.input?.addEventListener('input', draw);
+  form.get('model')?.onchange?.(draw);
+}

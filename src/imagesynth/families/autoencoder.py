@@ -6,6 +6,7 @@ terms summed over elements as in SD's `LPIPSWithDiscriminator`; here both are di
 pixel count, which keeps w_KL's meaning (SD: 1e-6) and makes the loss a per-pixel error.
 SD uses L1; without a perceptual term, L2 reconstructed better here (val PSNR +0.1 and +0.7 dB,
 two seeds, `tiny` preset on 16 px emoji, 500 steps), so it is the default and L1 an option.
+A vector VAE is also a generator: `VAEModel` samples its prior behind the family interface.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -24,11 +25,13 @@ from torch import nn
 
 from ..config import from_dict, to_dict
 from ..data.folder import CaptionedImageFolder
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, ModelNotFoundError
 from ..metrics import ModuleExtractor, fd_from_features
 from ..registry import write_model_folder
 from ..train import FamilyRunResult, TrainConfig, train
-from .autoencoder import Autoencoder, autoencoder_config, model_config
+from ..metrics.psnr import psnr
+from ..nets.autoencoder import Autoencoder, autoencoder_config, model_config
+from ..train.datasets import ImageTensorSet, spread_subset, to_signed, to_uint8
 
 #: loop settings per architecture preset (batch, LR, length sized for that data)
 LOOP_PRESETS: dict[str, dict] = {
@@ -82,32 +85,6 @@ def preset_loss(preset: str, reconstruction: str = "l2",
     return AutoencoderLoss(reconstruction=reconstruction, kl_weight=kl_weight)
 
 
-class ImageTensorSet(torch.utils.data.Dataset):
-    """A folder's images as one uint8 tensor [N, 3, R, R] kept in memory."""
-
-    def __init__(self, folder: CaptionedImageFolder):
-        if not len(folder):
-            raise DataError(f"{folder.root} has no usable images for this split", field="data",
-                            fix="check the folder with `imagesynth data folder`")
-        self.images = torch.stack([to_uint8(folder[i]["image"]) for i in range(len(folder))])
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.images[index]
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> uint8 (rounded)."""
-    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def to_signed(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 -> [-1, 1] floats."""
-    return images_u8.float() / 127.5 - 1
-
-
 class AutoencoderObjective:
     """Reconstruction of a posterior sample plus the KL term; all randomness from `generator`."""
 
@@ -130,13 +107,6 @@ class AutoencoderObjective:
         return loss, {"reconstruction": reconstruction.item(), "kl": kl.item()}
 
 
-def spread_subset(images: torch.Tensor, count: int) -> torch.Tensor:
-    """At most `count` rows evenly spaced over the whole set (folders sort by source/style)."""
-    if len(images) <= count:
-        return images
-    return images[torch.linspace(0, len(images) - 1, count).round().long()]
-
-
 def _batches(images_u8: torch.Tensor, batch_size: int):
     for start in range(0, len(images_u8), batch_size):
         yield images_u8[start:start + batch_size]
@@ -150,13 +120,6 @@ def reconstruct_uint8(model: Autoencoder, images_u8: torch.Tensor,
     device = next(model.parameters()).device
     return torch.cat([to_uint8(model.reconstruct(to_signed(batch.to(device)))).cpu()
                       for batch in _batches(images_u8, batch_size)])
-
-
-def psnr(images_u8: torch.Tensor, reconstructions_u8: torch.Tensor) -> float:
-    """Mean over images of PSNR = 10 log10(255^2 / MSE), in dB (identical images capped at 100)."""
-    error = (images_u8.double() - reconstructions_u8.double()).square().flatten(1).mean(1)
-    per_image = 10 * torch.log10(255.0**2 / error.clamp_min(255.0**2 * 1e-10))
-    return per_image.mean().item()
 
 
 @torch.no_grad()
@@ -324,3 +287,88 @@ def _card(preset: str, config, train_config: TrainConfig, steps: int, data_name:
             f"Scaling factor (1/std of training latents): {config.scaling_factor:.5f}\n\n"
             f"Reconstruction metrics (EMA weights): `{json.dumps(final_eval)}`\n\n"
             "FD_pixels8x8 is a Fréchet distance on 8x8-pooled raw pixels, not FID.\n")
+
+
+# The VAE family: a trained vector VAE as a generator. Two priors: the Gaussian mixture fitted
+# to the training encodings after training (ex-post density estimation, Ghosh et al. 2020; what
+# `train_autoencoder` stores), and the N(0, I) the KL term pulls toward.
+
+FAMILY = "vae"
+PRIORS = ("mixture", "normal")
+
+
+class VAEModel:
+    """A vector VAE behind the family interface: prior samples, encode, decode."""
+
+    family = FAMILY
+    has_latent = True
+
+    def __init__(self, autoencoder):
+        if autoencoder.latent_prior is None:
+            raise ModelNotFoundError("this autoencoder has a latent grid, not a vector latent "
+                                     "with a prior", field="model",
+                                     fix="use a vector VAE (e.g. shapes-v32) as a generator")
+        self.autoencoder = autoencoder
+        self.image_size = autoencoder.image_size
+        self.latent_dim = autoencoder.latent_channels
+
+    def latent(self, n: int, generators: Sequence[torch.Generator], prior: str = "mixture",
+               temperature: float = 1.0) -> torch.Tensor:
+        """Scaled latents [n, D, 1, 1], latent i drawn with generators[i] alone."""
+        check_prior(prior)
+        check_temperature(temperature)
+        if len(generators) != n:
+            raise ConfigError(f"{len(generators)} generators for {n} samples", field="generators")
+        if prior == "mixture":
+            rows = [self.autoencoder.latent_prior.sample(1, g) for g in generators]
+            z = torch.cat(rows) if rows else torch.empty(0, self.latent_dim, 1, 1)
+            if temperature != 1.0:  # shrink each draw toward its mixture's weighted mean
+                centre = (self.autoencoder.latent_prior.weights[:, None]
+                          * self.autoencoder.latent_prior.means).sum(0)[None, :, None, None]
+                z = centre + temperature * (z - centre)
+            return z
+        return torch.stack([torch.randn(self.latent_dim, 1, 1, generator=g) for g in generators]
+                           ) * temperature
+
+    @torch.no_grad()
+    def sample(self, n: int, generators: Sequence[torch.Generator], condition=None,
+               prior: str = "mixture", temperature: float = 1.0) -> torch.Tensor:
+        """`n` images [n, 3, S, S] in [-1, 1] decoded from prior draws (unconditional)."""
+        if condition is not None:
+            raise ConfigError("the VAE generator is unconditional", field="prompt",
+                              fix="leave out the prompt for a VAE model")
+        return self.decode(self.latent(n, generators, prior, temperature))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, S, S] in [-1, 1] -> scaled posterior means [B, D, 1, 1]."""
+        return self.autoencoder.encode(images)
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Scaled latents [B, D, 1, 1] (or [B, D]) -> images in [-1, 1]."""
+        if latent.ndim == 2:
+            latent = latent[:, :, None, None]
+        return self.autoencoder.decode(latent)
+
+
+def check_prior(prior: str) -> None:
+    """The prior must be one of PRIORS."""
+    if prior not in PRIORS:
+        raise ConfigError(f"unknown prior {prior!r}", field="prior",
+                          fix=f"choose one of {', '.join(PRIORS)}")
+
+
+def check_temperature(temperature: float) -> None:
+    """Sampling temperature must be > 0 (and finite)."""
+    if not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise ConfigError(f"must be > 0, got {temperature!r}", field="temperature",
+                          fix="1 samples the model as trained; below 1 trades variety for "
+                              "typical samples")
+
+
+def load_vae(spec: str, device: str | torch.device = "cpu") -> VAEModel:
+    """A vector VAE model folder or name as a generator."""
+    from ..nets.autoencoder import load_autoencoder
+
+    return VAEModel(load_autoencoder(spec, device=device))

@@ -17,6 +17,7 @@ from ..registry import write_model_folder
 from ..text import CachedTextEncoder, load_text_encoder
 from ..paths import cache_dir
 from ..train import FamilyRunResult, TrainConfig, train
+from ..train.datasets import CaptionedTrainingSet, caption_choice_table, caption_options, images_as_uint8
 
 #: named presets: architecture + loop settings sized for the data they are meant for
 PRESETS: dict[str, tuple[CLIPConfig, dict]] = {
@@ -32,7 +33,7 @@ PRESETS: dict[str, tuple[CLIPConfig, dict]] = {
 }
 
 
-class CLIPTrainingSet(torch.utils.data.Dataset):
+class CLIPTrainingSet(CaptionedTrainingSet):
     """Images (uint8, kept in memory) with indices into a table of caption features.
 
     Each image has one or more captions; which one a step uses is drawn by the objective from
@@ -41,30 +42,8 @@ class CLIPTrainingSet(torch.utils.data.Dataset):
 
     def __init__(self, folder: CaptionedImageFolder, caption_index: dict[str, int]):
         self.items = folder.items
-        if not self.items:
-            raise DataError(f"{folder.root} has no usable captioned images for this split",
-                            field="data", fix="check `imagesynth data folder` on it")
-        images = []
-        for i in range(len(folder)):
-            image = folder[i]["image"]  # [-1, 1]
-            images.append(((image + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
-        self.images = torch.stack(images)
-        width = max(len(item.captions) or 1 for item in self.items)
-        table = torch.full((len(self.items), width), -1, dtype=torch.long)
-        for i, item in enumerate(self.items):
-            options = list(dict.fromkeys([item.caption, *item.captions]))
-            table[i, :len(options)] = torch.tensor([caption_index[c] for c in options])
-        self.caption_choices = table
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int):
-        return self.images[index], self.caption_choices[index]
-
-
-def _caption_options(item) -> list[str]:
-    return list(dict.fromkeys([item.caption, *item.captions]))
+        super().__init__(images_as_uint8(folder), caption_choice_table(self.items, caption_index))
+        self.images = self.samples
 
 
 def random_zoom_shift(images: torch.Tensor, generator: torch.Generator,
@@ -178,7 +157,7 @@ def train_clip(data: str | Path, out: str | Path, preset: str = "emoji",
         train_folder = CaptionedImageFolder(data, resolution=size)
         val_folder = CaptionedImageFolder(val_data, resolution=size)
     captions = sorted({c for item in train_folder.items + val_folder.items
-                       for c in _caption_options(item)})
+                       for c in caption_options(item)})
     caption_index = {c: i for i, c in enumerate(captions)}
     text_features = torch.cat([encoder.encode(captions[i:i + 256]).pooled
                                for i in range(0, len(captions), 256)])
