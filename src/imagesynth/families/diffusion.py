@@ -140,10 +140,10 @@ def cached_latents(autoencoder: nn.Module, autoencoder_hash: str, images_u8: tor
 def sample_grid(denoiser: EDMDenoiser, text: TextTable, prompts: list[str], shape: tuple[int, ...],
                 decode, num_steps: int = 20, guidance_scale: float = 3.0) -> torch.Tensor:
     """Images [N,3,H,W] in [0,1] for `prompts` (seed = prompt index), for progress grids."""
-    from .guidance import ClassifierFreeGuidance
-    from .noise import initial_noise
-    from .samplers import sample_dpmpp_2m
-    from .schedules import karras_sigmas
+    from ..diffusion.guidance import ClassifierFreeGuidance
+    from ..diffusion.noise import initial_noise
+    from ..diffusion.samplers import sample_dpmpp_2m
+    from ..diffusion.schedules import karras_sigmas
 
     device = next(denoiser.parameters()).device
     rows = torch.tensor([text.index[p] for p in prompts])
@@ -223,7 +223,7 @@ def train_diffusion(data: str | Path, out: str | Path, preset: str = "shapes",
         network = build_unet(unet_settings)
     init_info = None
     if init_from is not None:
-        from .finetune import initialise_from
+        from ..diffusion.finetune import initialise_from
 
         init_info = initialise_from(
             network, init_from, text_encoder=model_config.text_encoder,
