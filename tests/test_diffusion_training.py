@@ -101,6 +101,14 @@ def test_resume_after_a_stop_gives_identical_weights(shapes16, tmp_path, minilm)
     assert [e["loss"] for e in log] == [e["loss"] for e in straight_log]
 
 
+def test_progress_grids_are_written_during_training(shapes16, tmp_path, minilm):
+    run = tmp_path / "run"
+    train_diffusion(shapes16, run, preset="tiny", show_progress=False, text_encoder=minilm,
+                    overrides=dict(max_steps=2, batch_size=4, sample_every=2))
+    grids = sorted((run / "samples").glob("step-*.png"))
+    assert [g.name for g in grids] == ["step-0000002.png"]
+
+
 def test_export_writes_the_newest_checkpoint_as_a_model(shapes16, tmp_path, minilm):
     from imagesynth.pipeline import load_pipeline
 
