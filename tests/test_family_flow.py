@@ -78,6 +78,7 @@ LAYERS = {
     "invconv": (lambda: InvConv1x1(4), (4, 3, 3), 0),
     "coupling": (lambda: AffineCoupling(4, 8), (4, 3, 3), 0),
     "coupling-conditional": (lambda: AffineCoupling(4, 8, condition_dim=3), (4, 3, 3), 3),
+    "coupling-bounded": (lambda: AffineCoupling(4, 8, min_scale=0.5), (4, 3, 3), 0),
     "split": (lambda: SplitPrior(4), (4, 3, 3), 0),
     "top-conditional": (lambda: TopPrior(4, 3, condition_dim=3), (4, 3, 3), 3),
 }
@@ -220,10 +221,34 @@ def test_too_small_data_set_is_a_config_error_naming_data(shapes_folder, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+def test_bounded_coupling_scale_keeps_extreme_latents_finite():
+    def glow(min_scale):
+        torch.manual_seed(0)
+        net = Glow(8, levels=2, steps_per_level=4, hidden_channels=16, min_scale=min_scale)
+        with torch.no_grad():  # every coupling at a tiny scale, as on latents unlike the data
+            for module in net.modules():
+                if isinstance(module, AffineCoupling):
+                    module.conv_out.conv.bias.fill_(-40.0)
+        return net.eval()
+
+    eps = torch.randn(4, 192, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        original, bounded = glow(0.0).inverse(eps), glow(0.5).inverse(eps)
+    assert not torch.isfinite(original).all()  # Glow's s = sigmoid(h + 2): 1/s overflows
+    assert torch.isfinite(bounded).all()
+    coupling = next(m for m in glow(0.5).modules() if isinstance(m, AffineCoupling))
+    with torch.no_grad():  # at the floor s = 0.5 exactly: each coupling's inverse gains <= 2
+        _, log_s = coupling._shift_and_log_scale(torch.zeros(1, 6, 4, 4), None)
+    assert torch.allclose(log_s, torch.full_like(log_s, math.log(0.5)))
+
+
 def test_config_errors_name_their_fields():
     with pytest.raises(ConfigError) as size:
         FlowConfig(image_size=12, levels=3)
     assert size.value.field == "image_size"
+    with pytest.raises(ConfigError) as scale:
+        FlowConfig(min_scale=1.0)
+    assert scale.value.field == "min_scale"
     with pytest.raises(ConfigError) as preset:
         flow_config("huge")
     assert preset.value.field == "preset"

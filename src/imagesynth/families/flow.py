@@ -56,6 +56,9 @@ class FlowConfig:
     hidden_channels: int = 128
     #: length of the optional condition vector (a MiniLM pooled 384-d vector, a one-hot label)
     condition_dim: int = 0
+    #: lower bound m of every coupling's scale s in (m, 1); 0 is Glow's original (whose inverse
+    #: can overflow on unusual latents), so models saved before this field load unchanged
+    min_scale: float = 0.0
 
     def __post_init__(self):
         for name in ("image_channels", "levels", "steps_per_level", "hidden_channels"):
@@ -63,6 +66,9 @@ class FlowConfig:
                 raise ConfigError("must be at least 1", field=name)
         if self.condition_dim < 0:
             raise ConfigError("must be 0 (unconditional) or positive", field="condition_dim")
+        if not 0.0 <= self.min_scale < 1.0:
+            raise ConfigError(f"must be in [0, 1), got {self.min_scale}", field="min_scale",
+                              fix="use 0.5 (bounded inverse) or 0 (Glow's original coupling)")
         if self.image_size < 1 or self.image_size % 2 ** self.levels:
             raise ConfigError(f"must be a positive multiple of 2^levels ({2 ** self.levels})",
                               field="image_size", fix="change image_size or levels")
@@ -70,8 +76,10 @@ class FlowConfig:
 
 #: `tiny` is for tests (8 px, trains in seconds); `shapes` is for 32 px ShapesWorld (1.6 M params)
 PRESETS: dict[str, FlowConfig] = {
-    "tiny": FlowConfig(image_size=8, levels=2, steps_per_level=2, hidden_channels=16),
-    "shapes": FlowConfig(image_size=32, levels=3, steps_per_level=8, hidden_channels=128),
+    "tiny": FlowConfig(image_size=8, levels=2, steps_per_level=2, hidden_channels=16,
+                       min_scale=0.5),
+    "shapes": FlowConfig(image_size=32, levels=3, steps_per_level=8, hidden_channels=128,
+                         min_scale=0.5),
 }
 #: loop settings per preset; Glow trains at LR 1e-3 after a warm-up
 LOOP_PRESETS: dict[str, dict] = {
@@ -116,7 +124,8 @@ class FlowModel(nn.Module):
         super().__init__()
         self.config = config
         self.net = Glow(config.image_size, config.image_channels, config.levels,
-                        config.steps_per_level, config.hidden_channels, config.condition_dim)
+                        config.steps_per_level, config.hidden_channels, config.condition_dim,
+                        config.min_scale)
 
     @property
     def image_size(self) -> int:

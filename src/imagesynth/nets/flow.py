@@ -130,8 +130,12 @@ class ZeroConv2d(nn.Module):
 class AffineCoupling(nn.Module):
     """y_b = (x_b + t(x_a, c)) * s(x_a, c), y_a = x_a (RealNVP eq. 7, Glow table 1)."""
 
-    def __init__(self, channels: int, hidden_channels: int, condition_dim: int = 0):
+    def __init__(self, channels: int, hidden_channels: int, condition_dim: int = 0,
+                 min_scale: float = 0.0):
         super().__init__()
+        if not 0.0 <= min_scale < 1.0:
+            raise ConfigError(f"must be in [0, 1), got {min_scale}", field="min_scale")
+        self.min_scale = float(min_scale)
         self.conv_in = nn.Conv2d(channels // 2, hidden_channels, 3, padding=1)
         self.conv_mid = nn.Conv2d(hidden_channels, hidden_channels, 1)
         # zero-initialised last layer: every coupling starts as y_b = x_b * sigmoid(2)
@@ -143,8 +147,15 @@ class AffineCoupling(nn.Module):
         if self.condition is not None:
             h = h + self.condition(condition)[:, :, None, None]  # c as a per-channel bias
         h = self.conv_out(F.relu(self.conv_mid(F.relu(h))))
-        # s = sigmoid(h + 2) as in Glow's code: bounded in (0, 1), so no step can blow up
-        return h[:, 0::2], F.logsigmoid(h[:, 1::2] + 2.0)
+        # s = sigmoid(h + 2) as in Glow's code bounds the forward pass, s in (0, 1); but the
+        # inverse divides by s, and on latents unlike the training data a tiny s multiplies
+        # activations until they overflow (an early Glow gave NaN for 67 % of T = 1 samples).
+        # With min_scale m, s = m + (1 - m) sigmoid(h + 2) in (m, 1): the inverse gains at most
+        # 1/m per coupling, so sampling stays finite. m = 0 is Glow's original coupling.
+        raw = h[:, 1::2] + 2.0
+        if self.min_scale == 0.0:
+            return h[:, 0::2], F.logsigmoid(raw)
+        return h[:, 0::2], torch.log(self.min_scale + (1 - self.min_scale) * torch.sigmoid(raw))
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None):
         """(y, sum log s) (RealNVP eq. 6)."""
@@ -163,10 +174,12 @@ class AffineCoupling(nn.Module):
 class FlowStep(nn.Module):
     """One step of flow: ActNorm -> invertible 1x1 conv -> affine coupling (Glow fig. 2a)."""
 
-    def __init__(self, channels: int, hidden_channels: int, condition_dim: int = 0):
+    def __init__(self, channels: int, hidden_channels: int, condition_dim: int = 0,
+                 min_scale: float = 0.0):
         super().__init__()
         self.layers = nn.ModuleList([ActNorm(channels), InvConv1x1(channels),
-                                     AffineCoupling(channels, hidden_channels, condition_dim)])
+                                     AffineCoupling(channels, hidden_channels, condition_dim,
+                                                    min_scale)])
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None):
         """(y, log|det|) summed over the three layers."""
@@ -242,7 +255,8 @@ class Glow(nn.Module):
     """Images [B, C, S, S] <-> standard-normal latents eps [B, C*S*S]; log|det| exact."""
 
     def __init__(self, image_size: int, image_channels: int = 3, levels: int = 3,
-                 steps_per_level: int = 8, hidden_channels: int = 128, condition_dim: int = 0):
+                 steps_per_level: int = 8, hidden_channels: int = 128, condition_dim: int = 0,
+                 min_scale: float = 0.0):
         super().__init__()
         if levels < 1 or image_size % 2 ** levels:
             raise ConfigError(f"image_size {image_size} must be a multiple of 2^levels "
@@ -255,7 +269,8 @@ class Glow(nn.Module):
         channels, size = image_channels, image_size
         for level in range(levels):
             channels, size = 4 * channels, size // 2
-            self.blocks.append(nn.ModuleList(FlowStep(channels, hidden_channels, condition_dim)
+            self.blocks.append(nn.ModuleList(FlowStep(channels, hidden_channels, condition_dim,
+                                                      min_scale)
                                              for _ in range(steps_per_level)))
             if level < levels - 1:
                 self.splits.append(SplitPrior(channels))
