@@ -54,6 +54,8 @@ class GenerateConfig:
         "Inpainting: blur radius of the mask edge, in pixels."))
     outpaint: tuple[int, int, int, int] | None = field(default=None, metadata=_help(
         "Outpainting: LEFT,TOP,RIGHT,BOTTOM borders to paint around the init image."))
+    expand: bool = field(default=False, metadata=_help(
+        "Rewrite the prompt into the model's training words first (recorded in the recipe)."))
 
     def __post_init__(self):
         if not self.prompt.strip():
@@ -128,7 +130,7 @@ def generate(config: GenerateConfig, *, pipe=None, callback: Callable | None = N
                 num_images=config.n, num_steps=config.steps, sampler=config.sampler,
                 guidance_scale=config.guidance, size=config.size, init_image=init,
                 strength=config.strength, mask=mask, mask_blur=config.mask_blur,
-                outpaint=config.outpaint, callback=callback)
+                outpaint=config.outpaint, callback=callback, expand=config.expand)
 
 
 @dataclass(frozen=True)

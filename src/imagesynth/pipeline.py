@@ -74,8 +74,12 @@ class DiffusionPipeline:
     """A loaded diffusion model: call it with a prompt to get images and recipes."""
 
     def __init__(self, denoiser, text_encoder, config: dict[str, Any], model_name: str,
-                 model_hash: str, autoencoder=None, device: torch.device | str = "cpu"):
+                 model_hash: str, autoencoder=None, device: torch.device | str = "cpu",
+                 captions: list[str] | None = None):
         self.denoiser = denoiser.to(device).eval()
+        #: the distinct training captions (the model folder's captions.txt), for `expand`
+        self.captions = captions
+        self._expander = None
         self.text_encoder = text_encoder
         self.config = config
         self.model_name, self.model_hash = model_name, model_hash
@@ -86,6 +90,14 @@ class DiffusionPipeline:
         self.default_steps = int(settings.get("default_steps", 20))
         self.default_sampler = settings.get("default_sampler", "dpmpp_2m")
         self.default_guidance = float(settings.get("default_guidance", 3.0))
+
+    def expand_prompt(self, prompt: str):
+        """Rewrite a typed prompt into this model's caption vocabulary (`text.expand`)."""
+        from .text.expand import PromptExpander
+
+        if self._expander is None:
+            self._expander = PromptExpander(self.text_encoder, self.captions or [])
+        return self._expander(prompt)
 
     @property
     def allowed_sizes(self) -> list[int]:
@@ -258,11 +270,13 @@ class DiffusionPipeline:
                  size: int | None = None, init_image: ImageInput | None = None,
                  strength: float = 0.6, mask: ImageInput | None = None,
                  mask_blur: float = 0.0, outpaint: tuple[int, int, int, int] | None = None,
-                 callback=None) -> GenerationResult:
+                 callback=None, expand: bool = False) -> GenerationResult:
         """Generate images: one per prompt, or `num_images` of one prompt with seeds seed, seed+1, ...
 
         `callback(i, sigma, x, denoised)` runs every sampler step (previews, progress, cancel);
-        `outpaint=(left, top, right, bottom)` extends the init image by repainting those borders.
+        `outpaint=(left, top, right, bottom)` extends the init image by repainting those borders;
+        `expand=True` first rewrites each prompt into the model's caption vocabulary and records
+        the typed and the expanded prompt in the recipe.
         """
         from .diffusion import InpaintDenoiser, get_sampler, img2img_sigmas, randn_like_per_sample
         from .diffusion.noise import generators_from_seeds
@@ -280,6 +294,13 @@ class DiffusionPipeline:
             prompts = prompts * len(seeds)
         if len(seeds) != len(prompts):
             raise ConfigError(f"{len(seeds)} seeds for {len(prompts)} prompts", field="seed")
+        expansions = None
+        if expand:
+            from .text import validate_texts
+
+            distinct = dict.fromkeys(validate_texts(prompts))
+            expansions = {p: self.expand_prompt(p) for p in distinct}
+            typed, prompts = prompts, [expansions[p].expanded for p in prompts]
         num_steps = self.default_steps if num_steps is None else num_steps
         sampler_name = sampler or self.default_sampler
         guidance_scale = self.default_guidance if guidance_scale is None else guidance_scale
@@ -330,6 +351,9 @@ class DiffusionPipeline:
             if outpaint is not None:
                 common["outpaint"] = list(outpaint)
         recipes = [{"prompt": p, "seed": s, **common} for p, s in zip(prompts, seeds)]
+        if expansions is not None:  # the model saw the expanded prompt; the typed one is kept
+            for recipe, original in zip(recipes, typed):
+                recipe.update(typed_prompt=original, expansion=expansions[original].to_dict())
         return GenerationResult(images, recipes)
 
 
@@ -371,8 +395,11 @@ def load_pipeline(name_or_path: str = "emoji", *, autoencoder=None, text_encoder
                           f"this model was trained on {config['text_encoder']!r} "
                           f"({config['unet']['cross_attention_dim']} wide)", field="text_encoder",
                           fix=f"pass load_text_encoder({config['text_encoder']!r}) or none")
+    from .text.expand import read_captions
+
+    captions = read_captions(entry.root) if entry.root.is_dir() else None
     return DiffusionPipeline(load_denoiser(state, config), text_encoder,
-                             config, model_name, model_hash, autoencoder, device)
+                             config, model_name, model_hash, autoencoder, device, captions)
 
 
 def load_denoiser(state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -> EDMDenoiser:

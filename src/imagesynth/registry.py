@@ -25,6 +25,9 @@ from .paths import bundled_models_dir, home
 
 WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
 SUMS_FILE = "SHA256SUMS"
+#: text files a model folder may carry beside its weights, kept by copies (the training captions
+#: that `generate --expand` rewrites prompts into)
+COPIED_TEXT_FILES = ("captions.txt",)
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,12 @@ def read_sums(folder: Path) -> dict[str, str]:
 
 def write_model_folder(folder: str | Path, tensors: Mapping[str, torch.Tensor],
                        config: Mapping[str, Any], card: str,
-                       weights_name: str = "model.safetensors") -> Path:
-    """Write a complete model folder: weights (config in metadata), config.json, CARD.md, sums."""
+                       weights_name: str = "model.safetensors",
+                       extra_text: Mapping[str, str] | None = None) -> Path:
+    """Write a complete model folder: weights (config in metadata), config.json, CARD.md, sums.
+
+    `extra_text` adds small text files by name (e.g. `captions.txt`), covered by the sums too.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if "family" not in config:
@@ -99,6 +106,8 @@ def write_model_folder(folder: str | Path, tensors: Mapping[str, torch.Tensor],
     save_weights(folder / weights_name, tensors, config=dict(config))
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     atomic_write_text(folder / "CARD.md", card)
+    for name, text in (extra_text or {}).items():
+        atomic_write_text(folder / name, text)
     write_sums(folder)
     return folder
 
@@ -121,7 +130,9 @@ def half_precision_copy(name_or_path: str, out: str | Path) -> Path:
                for key, value in registry.load_state_dict(entry).items()}
     card_path = entry.root / "CARD.md"
     card = card_path.read_text() if card_path.is_file() else f"# {entry.name}\n"
-    return write_model_folder(out, tensors, entry.config(), card)
+    extra = {name: (entry.root / name).read_text(encoding="utf-8")
+             for name in COPIED_TEXT_FILES if (entry.root / name).is_file()}
+    return write_model_folder(out, tensors, entry.config(), card, extra_text=extra)
 
 
 def write_sums(folder: str | Path) -> dict[str, str]:

@@ -47,6 +47,7 @@ def generate(
     mask: Optional[Path] = typer.Option(None, help="Inpainting mask (white = repaint), same size as the image."),
     mask_blur: float = typer.Option(0.0, help="Inpainting: blur radius of the mask edge, in pixels."),
     outpaint: Optional[str] = typer.Option(None, help='Outpainting: "LEFT,TOP,RIGHT,BOTTOM" borders to paint around --init-image.'),
+    expand: bool = typer.Option(False, help="Rewrite the prompt into the model's training words first (prompt upsampling; recorded in the recipe)."),
     out: Path = typer.Option(Path("outputs"), help="Output folder, or FILE.png."),
     grid: bool = typer.Option(False, help="Also write all images as one grid PNG."),
 ) -> None:
@@ -60,8 +61,10 @@ def generate(
         "steps": steps, "sampler": sampler, "guidance": guidance, "size": size,
         "init_image": str(init_image) if init_image else None, "strength": strength,
         "mask": str(mask) if mask else None, "mask_blur": mask_blur,
-        "outpaint": parse_borders(outpaint)})
+        "outpaint": parse_borders(outpaint), "expand": expand})
     result = run_generate(config)
+    if expand:
+        console.print(f"expanded: {result.recipes[0]['prompt']!r}")
     paths = _output_paths(out, prompt, [r["seed"] for r in result.recipes])
     for image, recipe, path in zip(result.images, result.recipes, paths):
         path.parent.mkdir(parents=True, exist_ok=True)

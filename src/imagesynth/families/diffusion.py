@@ -32,6 +32,7 @@ from ..io.files import atomic_write_text
 from ..nets.unet import build_unet, parameter_count, unet_config
 from ..paths import cache_dir
 from ..registry import write_model_folder
+from ..text.expand import CAPTIONS_FILE, read_captions, write_captions
 from ..text import CachedTextEncoder, load_text_encoder
 from ..train import FamilyRunResult, TrainConfig, train
 from ..diffusion.denoisers import EDMDenoiser
@@ -251,13 +252,14 @@ def train_diffusion(data: str | Path, out: str | Path, preset: str = "shapes",
     # Written before training so a mid-run checkpoint can be exported as a model (export_checkpoint).
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RUN_MODEL_CONFIG, json.dumps(base_config, indent=2))
+    write_captions(out, captions)  # the model folder carries them for `generate --expand`
     result = train(denoiser, CaptionedTrainingSet(samples, choices), objective, config, out,
                    on_sample=on_sample, stop_after=stop_after, show_progress=show_progress,
                    resume=resume)
     final = result.ema if result.ema is not None else denoiser
     network_state = {k.removeprefix("network."): v for k, v in final.state_dict().items()}
     model_dir = write_diffusion_model(out / "model", network_state, base_config, result.step,
-                                      result.last_metrics)
+                                      result.last_metrics, read_captions(out))
     return FamilyRunResult(model_dir, result.step, result.stopped, result.last_metrics,
                            time.perf_counter() - started)
 
@@ -267,8 +269,9 @@ RUN_MODEL_CONFIG = "model_config.json"
 
 
 def write_diffusion_model(folder: Path, network_state: dict[str, torch.Tensor], base_config: dict,
-                          steps: int, metrics: dict) -> Path:
-    """Write a diffusion model folder (weights, config with step count and metrics, card)."""
+                          steps: int, metrics: dict, captions: list[str] | None = None) -> Path:
+    """Write a diffusion model folder (weights, config with step count and metrics, card,
+    the distinct training captions)."""
     full_config = {**base_config, "steps": steps, "last_metrics": metrics}
     train_config = base_config["train"]
     card = (f"# Diffusion model trained on {base_config['data']}\n\n"
@@ -278,7 +281,8 @@ def write_diffusion_model(folder: Path, network_state: dict[str, torch.Tensor], 
             f"{'latent' if base_config['autoencoder'] else 'pixel'} space, "
             f"{base_config['image_size']} px.\n\n"
             f"Last logged metrics: `{json.dumps(metrics)}`\n")
-    return write_model_folder(folder, network_state, full_config, card)
+    extra = {CAPTIONS_FILE: "\n".join(captions) + "\n"} if captions else None
+    return write_model_folder(folder, network_state, full_config, card, extra_text=extra)
 
 
 def export_checkpoint(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, int]:
@@ -306,7 +310,7 @@ def export_checkpoint(run_dir: str | Path, out: str | Path | None = None) -> tup
     step = int(json.loads((newest / "state.json").read_text())["step"])
     folder = Path(out) if out is not None else run_dir / f"model-step-{step}"
     return write_diffusion_model(folder, network_state, json.loads(config_path.read_text()), step,
-                                 {}), step
+                                 {}, read_captions(run_dir)), step
 
 
 FAMILY = "diffusion"
