@@ -89,9 +89,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--expand", action="store_true", help="rewrite prompts first")
     parser.add_argument("--sets", default=None, help="comma list of CATEGORY/seen|held_out")
+    parser.add_argument("--scoring", default="bertscore", choices=("bertscore", "pooled"),
+                        help="--expand ablation: how candidates are scored")
+    parser.add_argument("--no-recombine", action="store_true",
+                        help="--expand ablation: retrieve training captions only")
     args = parser.parse_args()
 
     pipe = imagesynth.load(args.model)
+    if args.expand:
+        from imagesynth.text.expand import PromptExpander
+
+        pipe._expander = PromptExpander(pipe.text_encoder, pipe.captions or [],
+                                        recombined=not args.no_recombine, scoring=args.scoring)
     used = check_held_out(test_vocabulary(), pipe.captions or [])
     if pipe.captions is None or used:
         sys.exit(f"error: model: {'no captions.txt' if pipe.captions is None else used} - the "
@@ -99,7 +108,8 @@ def main() -> None:
     sets = prompt_sets()
     names = [n.strip() for n in args.sets.split(",")] if args.sets else list(sets)
     report = {"benchmark": "paraphrase_shapes", "model": args.model, "seeds": args.seeds,
-              "expand": args.expand, "test_words": test_vocabulary(),
+              "expand": args.expand, "scoring": args.scoring if args.expand else None,
+              "recombine": not args.no_recombine if args.expand else None, "test_words": test_vocabulary(),
               "test_phrasings": test_phrasings(), "sets": {}}
     for name in names:
         entry = evaluate(pipe, sets[name], args.seeds, args.expand)

@@ -91,6 +91,18 @@ def test_expander_retrieves_reordered_and_recombined_captions(minilm_words):
     with pytest.raises(ConfigError) as empty:
         PromptExpander(minilm_words, [])
     assert empty.value.field == "expand"
+    with pytest.raises(ConfigError) as scoring:
+        PromptExpander(minilm_words, CAPTIONS, scoring="bleu")
+    assert scoring.value.field == "scoring"
+
+
+def test_expander_ablations_drop_recombination_and_token_matching(minilm_words):
+    plain = PromptExpander(minilm_words, CAPTIONS, recombined=False)
+    assert plain.recombined == [] and plain.candidates == sorted(CAPTIONS)
+    assert plain("a circle, blue, on the left side").expanded in CAPTIONS
+    pooled = PromptExpander(minilm_words, CAPTIONS, scoring="pooled")
+    assert pooled("a red circle").expanded == "a red circle"
+    assert pooled("on the left: a square, blue").expanded in pooled.candidates
 
 
 @pytest.fixture(scope="module")

@@ -117,14 +117,19 @@ def recombine(captions: list[str], classes: dict[str, frozenset[str]]) -> list[s
 class PromptExpander:
     """Rewrites prompts as the nearest caption of a model, by BERTScore on its encoder's states."""
 
-    def __init__(self, encoder, captions: list[str]):
+    def __init__(self, encoder, captions: list[str], *, recombined: bool = True,
+                 scoring: str = "bertscore"):
+        if scoring not in ("bertscore", "pooled"):
+            raise ConfigError(f"unknown scoring {scoring!r}", field="scoring",
+                              fix="use bertscore (token matching) or pooled (sentence cosine)")
         if not captions:
             raise ConfigError("the model has no training captions to expand prompts with",
                               field="expand", fix=f"train it with imagesynth (which writes "
                                                   f"{CAPTIONS_FILE}) or leave out --expand")
-        self.encoder = encoder
+        self.encoder, self.scoring = encoder, scoring
         self.captions = sorted(set(captions))
-        self.recombined = recombine(self.captions, word_classes(self.captions))
+        self.recombined = recombine(self.captions, word_classes(self.captions)) if recombined \
+            else []
         self.candidates = self.captions + self.recombined
         self._states: torch.Tensor | None = None  # [N, T, D] unit token states, 0 past the end
         self._mask: torch.Tensor | None = None
@@ -149,7 +154,9 @@ class PromptExpander:
                 torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks]))
 
     def scores(self, prompt: str) -> torch.Tensor:
-        """BERTScore F1 of every candidate against `prompt` [N]."""
+        """BERTScore F1 (or, with scoring="pooled", sentence cosine) of every candidate [N]."""
+        if self.scoring == "pooled":
+            return self._pooled_scores(prompt)
         if self._states is None:
             self._states, self._mask = self._encode(self.candidates)
         typed, typed_mask = self._encode([prompt])
@@ -162,6 +169,19 @@ class PromptExpander:
         recall = (similarity.max(2).values * self._mask).sum(1) / self._mask.sum(1)
         precision = similarity.max(1).values.mean(1)
         return 2 * precision * recall / (precision + recall)
+
+    def _pooled_scores(self, prompt: str) -> torch.Tensor:
+        """Cosine of the encoder's pooled sentence vectors (the ablation of BERTScore)."""
+        def pooled(texts):
+            parts = []
+            for start in range(0, len(texts), 256):
+                with torch.no_grad():
+                    parts.append(self.encoder(texts[start:start + 256]).pooled.float())
+            return torch.nn.functional.normalize(torch.cat(parts), dim=-1)
+
+        if self._states is None:
+            self._states = pooled(self.candidates)
+        return self._states @ pooled([prompt])[0]
 
     def __call__(self, prompt: str) -> Expansion:
         """The expansion of one prompt (the typed prompt itself when it is a training caption)."""
