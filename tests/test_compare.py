@@ -63,3 +63,19 @@ def test_compare_refuses_models_of_another_size(shapes_folder, tmp_path, capsys)
                 "--model", "vae=shapes-v32", "--size", "16", "--samples", "16",
                 "--out", str(tmp_path / "c")]) == 2
     assert "model:" in capsys.readouterr().err
+
+
+def test_the_autoregressive_budget_covers_both_of_its_stages(monkeypatch, tmp_path):
+    import imagesynth.families.ar as ar
+    from imagesynth.apps.compare import train_family
+
+    seen = {}
+
+    def record(data, out, preset, overrides=None, tokenizer_overrides=None, **_):
+        seen.update(transformer=overrides, tokenizer=tokenizer_overrides)
+        return type("Result", (), {"model_dir": out / "model"})()
+
+    monkeypatch.setattr(ar, "train_ar", record)
+    train_family("ar", "data", tmp_path, minutes=11.0)
+    total = seen["tokenizer"]["max_minutes"] + seen["transformer"]["max_minutes"]
+    assert total == pytest.approx(11.0) and seen["tokenizer"]["max_minutes"] == pytest.approx(4.0)
