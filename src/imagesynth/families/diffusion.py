@@ -32,7 +32,7 @@ from ..io.files import atomic_write_text
 from ..nets.unet import build_unet, parameter_count, unet_config
 from ..paths import cache_dir
 from ..registry import write_model_folder
-from ..text.expand import CAPTIONS_FILE, read_captions, write_captions
+from ..text.expand import CAPTIONS_FILE, captions_text, read_captions, write_captions
 from ..text import CachedTextEncoder, load_text_encoder
 from ..train import FamilyRunResult, TrainConfig, train
 from ..diffusion.denoisers import EDMDenoiser
@@ -281,7 +281,7 @@ def write_diffusion_model(folder: Path, network_state: dict[str, torch.Tensor], 
             f"{'latent' if base_config['autoencoder'] else 'pixel'} space, "
             f"{base_config['image_size']} px.\n\n"
             f"Last logged metrics: `{json.dumps(metrics)}`\n")
-    extra = {CAPTIONS_FILE: "\n".join(captions) + "\n"} if captions else None
+    extra = {CAPTIONS_FILE: captions_text(captions)} if captions else None
     return write_model_folder(folder, network_state, full_config, card, extra_text=extra)
 
 

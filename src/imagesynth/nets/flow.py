@@ -149,7 +149,8 @@ class AffineCoupling(nn.Module):
         h = self.conv_out(F.relu(self.conv_mid(F.relu(h))))
         # s = sigmoid(h + 2) as in Glow's code bounds the forward pass, s in (0, 1); but the
         # inverse divides by s, and on latents unlike the training data a tiny s multiplies
-        # activations until they overflow (an early Glow gave NaN for 67 % of T = 1 samples).
+        # activations until they overflow (an early Glow gave non-finite pixels
+        # for 58 % of its temperature-1 samples).
         # With min_scale m, s = m + (1 - m) sigmoid(h + 2) in (m, 1): the inverse gains at most
         # 1/m per coupling, so sampling stays finite. m = 0 is Glow's original coupling.
         raw = h[:, 1::2] + 2.0

@@ -61,12 +61,16 @@ def read_captions(model_dir: str | Path) -> list[str] | None:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def captions_text(captions) -> str:
+    """The `captions.txt` form: the distinct captions, sorted, one per line."""
+    return "\n".join(sorted({c.strip() for c in captions if c and c.strip()})) + "\n"
+
+
 def write_captions(model_dir: str | Path, captions) -> Path:
-    """Store the distinct training captions (sorted) beside a model's weights."""
+    """Store the distinct training captions beside a model's weights."""
     path = Path(model_dir) / CAPTIONS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    distinct = sorted({c.strip() for c in captions if c and c.strip()})
-    path.write_text("\n".join(distinct) + "\n", encoding="utf-8")
+    path.write_text(captions_text(captions), encoding="utf-8")
     return path
 
 
@@ -134,12 +138,16 @@ class PromptExpander:
         self._states: torch.Tensor | None = None  # [N, T, D] unit token states, 0 past the end
         self._mask: torch.Tensor | None = None
 
+    def _batches(self, texts: list[str]):
+        """The encoder's outputs for `texts`, 256 at a time."""
+        for start in range(0, len(texts), 256):
+            with torch.no_grad():
+                yield self.encoder(texts[start:start + 256])
+
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-length token states [N, T, D] without the special tokens, and their mask [N, T]."""
         states, masks = [], []
-        for start in range(0, len(texts), 256):
-            with torch.no_grad():
-                encoding = self.encoder(texts[start:start + 256])
+        for encoding in self._batches(texts):
             lengths = encoding.mask.bool().sum(1)
             width = int(lengths.max())  # drop the padding every text of the batch has
             mask = encoding.mask.bool()[:, :width].clone()
@@ -173,11 +181,8 @@ class PromptExpander:
     def _pooled_scores(self, prompt: str) -> torch.Tensor:
         """Cosine of the encoder's pooled sentence vectors (the ablation of BERTScore)."""
         def pooled(texts):
-            parts = []
-            for start in range(0, len(texts), 256):
-                with torch.no_grad():
-                    parts.append(self.encoder(texts[start:start + 256]).pooled.float())
-            return torch.nn.functional.normalize(torch.cat(parts), dim=-1)
+            vectors = torch.cat([encoding.pooled.float() for encoding in self._batches(texts)])
+            return torch.nn.functional.normalize(vectors, dim=-1)
 
         if self._states is None:
             self._states = pooled(self.candidates)
