@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -56,6 +56,19 @@ class GenerateConfig:
         "Outpainting: LEFT,TOP,RIGHT,BOTTOM borders to paint around the init image."))
     expand: bool = field(default=False, metadata=_help(
         "Rewrite the prompt into the model's training words first (recorded in the recipe)."))
+    lora: tuple[str, ...] = field(default=(), metadata=_help(
+        "LoRA files as FILE[:WEIGHT], stacked (weight 1 if omitted)."))
+    control_image: tuple[str, ...] = field(default=(), metadata=_help(
+        "ControlNet condition maps (layout, edges, scribble), one per ControlNet.",
+        kind="images"))
+    control_model: tuple[str, ...] = field(default=(), metadata=_help(
+        "ControlNet model folders: one for all maps, or one per map."))
+    control_scale: tuple[float, ...] = field(default=(), metadata=_help(
+        "ControlNet scales >= 0: one for all, or one per map (default 1)."))
+    control_start: tuple[float, ...] = field(default=(), metadata=_help(
+        "Fraction of the steps where control starts: one for all, or one per map (default 0)."))
+    control_end: tuple[float, ...] = field(default=(), metadata=_help(
+        "Fraction of the steps where control ends: one for all, or one per map (default 1)."))
 
     def __post_init__(self):
         if not self.prompt.strip():
@@ -91,6 +104,12 @@ class GenerateConfig:
         if self.mask is not None and self.init_image is None:
             raise ConfigError("a mask needs an init image to repaint", field="mask",
                               fix="pass --init-image with --mask")
+        if self.lora:
+            from .diffusion.lora import parse_lora_spec
+
+            for spec in self.lora:
+                parse_lora_spec(spec)
+        self.controls()  # checks counts, scales and windows (one line naming the field)
         if self.outpaint is not None:
             if self.init_image is None or self.mask is not None:
                 raise ConfigError("outpainting extends an init image and paints its own mask",
@@ -98,6 +117,41 @@ class GenerateConfig:
             if min(self.outpaint) < 0 or sum(self.outpaint) == 0:
                 raise ConfigError("borders must be >= 0 and not all 0", field="outpaint",
                                   fix="e.g. 8,0,8,0 paints 8 pixels on the left and right")
+
+
+    def controls(self, resolve: Callable[[str, str], Any] | None = None) -> list:
+        """The ControlNets to apply, as `ControlInput`s (maps through `resolve`, if given)."""
+        count = len(self.control_image)
+        options = {"control_model": self.control_model, "control_scale": self.control_scale,
+                   "control_start": self.control_start, "control_end": self.control_end}
+        if not count:
+            given = [name for name, values in options.items() if values]
+            if given:
+                raise ConfigError("is set but no control image is given", field=given[0],
+                                  fix="pass --control-image MAP.png")
+            return []
+        if not self.control_model:
+            raise ConfigError("a control image needs a ControlNet", field="control_model",
+                              fix="pass --control-model DIR (written by `imagesynth train "
+                                  "controlnet`)")
+        for name, values in options.items():
+            if len(values) not in (0, 1, count):
+                raise ConfigError(f"has {len(values)} values for {count} control images",
+                                  field=name, fix="give one value for all, or one per image")
+        from .diffusion.control import check_control_settings
+        from .families.controlnet import ControlInput
+
+        pick = lambda values, i, default: values[i if len(values) > 1 else 0] if values \
+            else default  # noqa: E731
+        controls = []
+        for i, image in enumerate(self.control_image):
+            scale, start = pick(self.control_scale, i, 1.0), pick(self.control_start, i, 0.0)
+            end = pick(self.control_end, i, 1.0)
+            check_control_settings(scale, start, end)
+            source = resolve(image, "control_image") if resolve else image
+            controls.append(ControlInput(source, pick(self.control_model, i, None), scale,
+                                         start, end))
+        return controls
 
 
 def parse_borders(text: str | None) -> tuple[int, int, int, int] | None:
@@ -126,11 +180,15 @@ def generate(config: GenerateConfig, *, pipe=None, callback: Callable | None = N
     resolve = resolve_image or (lambda reference, _field: Path(reference))
     init = resolve(config.init_image, "init_image") if config.init_image else None
     mask = resolve(config.mask, "mask") if config.mask else None
+    from .diffusion.lora import parse_lora_spec
+
+    loras = [(spec.path, spec.weight) for spec in map(parse_lora_spec, config.lora)]
     return pipe(config.prompt, seed=config.seed, negative_prompt=config.negative,
                 num_images=config.n, num_steps=config.steps, sampler=config.sampler,
                 guidance_scale=config.guidance, size=config.size, init_image=init,
                 strength=config.strength, mask=mask, mask_blur=config.mask_blur,
-                outpaint=config.outpaint, callback=callback, expand=config.expand)
+                outpaint=config.outpaint, callback=callback, expand=config.expand,
+                loras=loras, controls=config.controls(resolve))
 
 
 @dataclass(frozen=True)
@@ -162,9 +220,23 @@ def compare_images(original: Image.Image, regenerated: Image.Image, recipe: dict
                            recipe)
 
 
+def _controls_from_recipe(entries: list[dict], images: list) -> list:
+    """`ControlInput`s that replay a recipe's ControlNets with the given maps."""
+    from .families.controlnet import ControlInput
+
+    if len(images) != len(entries):
+        raise UsageError(f"this image was made with {len(entries)} control image(s), "
+                         f"{len(images)} given", field="--control-image",
+                         fix="pass --control-image once per map, in the recipe's order")
+    return [ControlInput(image, entry["model"], entry["scale"], entry["start"], entry["end"])
+            for image, entry in zip(images, entries)]
+
+
 def reproduce_image(image: str | Path | bytes, *, init_image=None, mask=None, pipe_loader=None,
-                    on_warning: Callable[[str], None] | None = None) -> ReproduceReport:
-    """Regenerate a PNG from its recipe (generate or dream) and compare the pixels."""
+                    on_warning: Callable[[str], None] | None = None,
+                    control_images: Sequence = ()) -> ReproduceReport:
+    """Regenerate a PNG from its recipe (generate or dream) and compare the pixels;
+    `control_images` are the recipe's ControlNet maps, in its order."""
     from .io.images import open_image
     from .io.pngmeta import read_recipe
 
@@ -178,6 +250,10 @@ def reproduce_image(image: str | Path | bytes, *, init_image=None, mask=None, pi
         from .families.sampling import replay
 
         return compare_images(original, replay(recipe), recipe)
+    if recipe.get("kind") == "edit":  # written by `imagesynth edit`: the source is --init-image
+        from .editing import replay_edit
+
+        return compare_images(original, *replay_edit(recipe, init_image, pipe_loader, on_warning))
     if "seed" not in recipe or "model" not in recipe:
         raise InputImageError("the PNG has no imagesynth generation recipe", field="image",
                               fix="pass a PNG written by `imagesynth generate`")
@@ -185,6 +261,12 @@ def reproduce_image(image: str | Path | bytes, *, init_image=None, mask=None, pi
                              ("--mask", mask, "mask_hash")):
         if recipe.get(key) and given is None:
             raise UsageError(f"this image was made with an input image; pass {name}", field=name)
+    loras = None
+    if recipe.get("loras"):  # refused (one line) when a file is missing or changed
+        from .diffusion.lora import loras_from_recipe
+
+        loras = loras_from_recipe(recipe["loras"])
+    controls = _controls_from_recipe(recipe.get("controls") or [], list(control_images))
     if pipe_loader is None:
         from .api import load as pipe_loader
     pipe = pipe_loader(recipe["model"])
@@ -197,9 +279,18 @@ def reproduce_image(image: str | Path | bytes, *, init_image=None, mask=None, pi
                   size=recipe["size"][0], init_image=init_image,
                   strength=recipe.get("strength") or 0.6, mask=mask,
                   mask_blur=recipe.get("mask_blur", 0.0),
-                  outpaint=tuple(outpaint) if outpaint else None)
+                  outpaint=tuple(outpaint) if outpaint else None, loras=loras,
+                  controls=controls or None)
     for key in ("init_image_hash", "mask_hash"):
         if recipe.get(key) and result.recipes[0].get(key) != recipe[key]:
             raise InputImageError(f"the given file does not match the recipe's {key}",
                                   field=key.removesuffix("_hash"))
+    for index, (wanted, got) in enumerate(zip(recipe.get("controls") or [],
+                                              result.recipes[0].get("controls") or [])):
+        if wanted.get("image_hash") != got["image_hash"]:
+            raise InputImageError(f"control image {index + 1} does not match the recipe's "
+                                  "image_hash", field="control_image",
+                                  fix="pass the maps the image was made with, in order")
+        if wanted.get("model_hash") != got["model_hash"] and on_warning is not None:
+            on_warning(f"ControlNet {index + 1}'s weights differ from the recipe's hash")
     return compare_images(original, result.images[0], result.recipes[0])

@@ -125,8 +125,11 @@ class DiffusionPipeline:
 
         return karras_sigmas(num_steps, SIGMA_MIN, SIGMA_MAX, RHO).to(self.device)
 
-    def guided_denoiser(self, prompts: list[str], negative_prompt: str, guidance_scale: float):
+    def guided_denoiser(self, prompts: list[str], negative_prompt: str, guidance_scale: float,
+                        base_denoiser=None):
         """The denoiser under CFG: one prompt per sample, the negative prompt as the uncond branch.
+
+        `base_denoiser` replaces the model's own (e.g. the LoRA-adapted copy from `with_loras`).
 
         Each sample gets its own CFG pair, evaluated alone (`PerSampleDenoiser`), with its prompt
         padded only as far as itself and the negative prompt need: exactly what generating that
@@ -145,10 +148,40 @@ class DiffusionPipeline:
                     "encoder_attention_mask": pad_mask(token_mask)}
             uncond = {"encoder_hidden_states": pad(negative_states),
                       "encoder_attention_mask": pad_mask(negative_mask)}
-            guided[prompt] = ClassifierFreeGuidance(self.denoiser, cond, uncond, guidance_scale)
+            guided[prompt] = ClassifierFreeGuidance(base_denoiser or self.denoiser, cond, uncond,
+                                                    guidance_scale)
         if len(prompts) == 1:
             return guided[prompts[0]]
         return PerSampleDenoiser([guided[prompt] for prompt in prompts])
+
+    def with_loras(self, loras) -> tuple[nn.Module, list[dict[str, Any]]]:
+        """The denoiser with LoRAs [(FILE or LoraFile, weight), ...] stacked, and their recipe entries.
+
+        A new denoiser wraps the model's (`diffusion.lora.apply_loras`); the last one is kept,
+        so repeated calls with the same files and weights reuse it.
+        """
+        from .diffusion.lora import LoraFile, apply_loras, lora_recipe, read_lora
+
+        if not loras:
+            return self.denoiser, []
+        loaded = [(lora if isinstance(lora, LoraFile) else read_lora(lora), float(weight))
+                  for lora, weight in loras]
+        entries = lora_recipe(loaded)
+        key = tuple((e["sha256"], e["weight"]) for e in entries)
+        if getattr(self, "_lora_cache", (None,))[0] != key:
+            self._lora_cache = (key, apply_loras(self.denoiser, loaded, self.model_hash))
+        return self._lora_cache[1], entries
+
+    def with_controls(self, denoiser, controls, schedule: torch.Tensor):
+        """`denoiser` wrapped with ControlNets (`families.controlnet.controlled_denoiser`) and
+        their recipe entries; loaded ControlNets are kept for the next call."""
+        from .families.controlnet import controlled_denoiser
+
+        if not hasattr(self, "_controlnets"):
+            self._controlnets = {}
+        return controlled_denoiser(denoiser, controls, schedule.to(self.device),
+                                   model_hash=self.model_hash, image_size=self.image_size,
+                                   device=self.device, cache=self._controlnets)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Denoiser-space samples -> images [B,3,H,W] near [-1, 1]; unclamped and differentiable."""
@@ -270,13 +303,17 @@ class DiffusionPipeline:
                  size: int | None = None, init_image: ImageInput | None = None,
                  strength: float = 0.6, mask: ImageInput | None = None,
                  mask_blur: float = 0.0, outpaint: tuple[int, int, int, int] | None = None,
-                 callback=None, expand: bool = False) -> GenerationResult:
+                 callback=None, expand: bool = False, loras=None,
+                 controls=None) -> GenerationResult:
         """Generate images: one per prompt, or `num_images` of one prompt with seeds seed, seed+1, ...
 
         `callback(i, sigma, x, denoised)` runs every sampler step (previews, progress, cancel);
         `outpaint=(left, top, right, bottom)` extends the init image by repainting those borders;
         `expand=True` first rewrites each prompt into the model's caption vocabulary and records
-        the typed and the expanded prompt in the recipe.
+        the typed and the expanded prompt in the recipe; `loras=[(FILE, weight), ...]` stacks
+        LoRA files on the denoiser (each file's SHA-256 and weight go into the recipe);
+        `controls=[ControlInput(image, model, scale, start, end), ...]` adds ControlNets
+        (`diffusion.control`; image and ControlNet hashes, scale and window go into the recipe).
         """
         from .diffusion import InpaintDenoiser, get_sampler, img2img_sigmas, randn_like_per_sample
         from .diffusion.noise import generators_from_seeds
@@ -310,7 +347,12 @@ class DiffusionPipeline:
         outpaint = tuple(outpaint) if outpaint is not None else None
         x0, mask_tensor, edit_recipe = self._init_and_mask(init_image, mask, size, outpaint)
 
-        denoiser = self.guided_denoiser(prompts, negative_prompt, guidance_scale)
+        base_denoiser, lora_entries = self.with_loras(loras)
+        if controls:  # the window is read off the schedule the sampler below runs
+            schedule = (img2img_sigmas(num_steps, strength, SIGMA_MIN, SIGMA_MAX, RHO)
+                        if x0 is not None and mask_tensor is None else self.sigmas(num_steps))
+            base_denoiser, control_entries = self.with_controls(base_denoiser, controls, schedule)
+        denoiser = self.guided_denoiser(prompts, negative_prompt, guidance_scale, base_denoiser)
         generators = generators_from_seeds(seeds)
         channels, side, _ = self.sample_shape
         template = torch.empty(len(seeds), channels, side, side, device=self.device)
@@ -344,6 +386,10 @@ class DiffusionPipeline:
                   "versions": _versions(), "device": str(self.device), "dtype": "float32",
                   "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
                       timespec="seconds")}
+        if lora_entries:
+            common["loras"] = lora_entries
+        if controls:
+            common["controls"] = control_entries
         if x0 is not None:
             common.update(edit_recipe, strength=strength if mask_tensor is None else None)
             if mask_tensor is not None:

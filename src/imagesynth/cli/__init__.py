@@ -22,8 +22,9 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 def _register() -> None:
     """Import the command modules; each adds its commands/sub-apps to `app`."""
-    from . import (clip_apps, compare, data, doctor, dream, evaluate, generate, models,  # noqa: F401
-                   sample, serve, train, train_autoencoder, train_diffusion, train_families)
+    from . import (clip_apps, compare, control, data, doctor, dream, edit, evaluate,  # noqa: F401
+                   generate, models, personalise, sample, serve, train, train_autoencoder,
+                   train_diffusion, train_families)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -63,12 +63,15 @@ def shapes(
         True, "--hold-out/--no-hold-out",
         help="Leave out purple triangle, orange circle, cyan square and yellow square."),
     val_fraction: float = typer.Option(0.05, help="Fraction of images in the val split."),
+    with_conditions: bool = typer.Option(
+        False, "--with-conditions",
+        help="Also write each scene's layout and edge maps (ControlNet conditions)."),
 ) -> None:
     """Render the procedural ShapesWorld data set (coloured shapes with exact captions)."""
     config = ShapesConfig(size=size, count=count, seed=seed,
                           two_object_fraction=two_object_fraction,
                           position_fraction=position_fraction, hold_out=hold_out,
-                          val_fraction=val_fraction)
+                          val_fraction=val_fraction, with_conditions=with_conditions)
     with _progress_bar("rendering scenes") as progress:
         summary = build_shapes_dataset(out, config, progress=progress)
     kinds = summary.details["kinds"]
@@ -79,6 +82,26 @@ def shapes(
         "colour-shape pairs": summary.details["pairs"],
         "held out": "purple triangle, orange circle, cyan square, yellow square"
                     if hold_out else "none",
+        "time": f"{summary.seconds:.1f} s"}))
+
+
+@data_app.command("shapes-edits")
+def shapes_edits(
+    out: Path = typer.Option(Path("data/shapes-edits"), help="Folder to write the triples to."),
+    count: int = typer.Option(20_000, help="Number of (before, instruction, after) triples."),
+    seed: int = typer.Option(0, help="Seed; triple i depends only on (seed, i)."),
+    size: int = typer.Option(32, help="Canvas side in pixels (at least 16)."),
+) -> None:
+    """Render ShapesWorld instruction-editing triples (recolour, reshape, move, add, remove)."""
+    from ..data.shapes_edits import ShapesEditsConfig, build_shapes_edits
+
+    config = ShapesEditsConfig(count=count, seed=seed, size=size)
+    with _progress_bar("rendering triples") as progress:
+        summary = build_shapes_edits(out, config, progress=progress)
+    console.print(_summary_table("ShapesWorld edits", {
+        "written to": summary.out, "triples": f"{summary.count} ({size}×{size} px)",
+        "split": f"{summary.train} train / {summary.val} val / "
+                 f"{summary.count - summary.train - summary.val} test (held-out pairs + hash)",
         "time": f"{summary.seconds:.1f} s"}))
 
 

@@ -48,6 +48,12 @@ def generate(
     mask_blur: float = typer.Option(0.0, help="Inpainting: blur radius of the mask edge, in pixels."),
     outpaint: Optional[str] = typer.Option(None, help='Outpainting: "LEFT,TOP,RIGHT,BOTTOM" borders to paint around --init-image.'),
     expand: bool = typer.Option(False, help="Rewrite the prompt into the model's training words first (prompt upsampling; recorded in the recipe)."),
+    lora: list[str] = typer.Option([], help="LoRA file as FILE[:WEIGHT] (weight 1 if omitted); repeat to stack several."),
+    control_image: list[Path] = typer.Option([], help="ControlNet condition map (layout/edges/scribble PNG); repeat for several ControlNets."),
+    control_model: list[str] = typer.Option([], help="ControlNet model folder; one for all maps or one per --control-image."),
+    control_scale: list[float] = typer.Option([], help="ControlNet scale >= 0 (default 1); one for all or one per map."),
+    control_start: list[float] = typer.Option([], help="Fraction of the steps where control starts (default 0)."),
+    control_end: list[float] = typer.Option([], help="Fraction of the steps where control ends (default 1)."),
     out: Path = typer.Option(Path("outputs"), help="Output folder, or FILE.png."),
     grid: bool = typer.Option(False, help="Also write all images as one grid PNG."),
 ) -> None:
@@ -61,7 +67,10 @@ def generate(
         "steps": steps, "sampler": sampler, "guidance": guidance, "size": size,
         "init_image": str(init_image) if init_image else None, "strength": strength,
         "mask": str(mask) if mask else None, "mask_blur": mask_blur,
-        "outpaint": parse_borders(outpaint), "expand": expand})
+        "outpaint": parse_borders(outpaint), "expand": expand, "lora": tuple(lora or ()),
+        "control_image": tuple(str(p) for p in control_image or ()),
+        "control_model": tuple(control_model or ()), "control_scale": tuple(control_scale or ()),
+        "control_start": tuple(control_start or ()), "control_end": tuple(control_end or ())})
     result = run_generate(config)
     if expand:
         console.print(f"expanded: {result.recipes[0]['prompt']!r}")
@@ -79,8 +88,9 @@ def generate(
 @app.command()
 def reproduce(
     image: Path = typer.Argument(..., help="A PNG written by `imagesynth generate` or `dream`."),
-    init_image: Optional[Path] = typer.Option(None, help="The init image, when the recipe used one."),
+    init_image: Optional[Path] = typer.Option(None, help="The init image (or an edit's source image), when the recipe used one."),
     mask: Optional[Path] = typer.Option(None, help="The mask, when the recipe used one."),
+    control_image: Optional[list[Path]] = typer.Option(None, help="The ControlNet maps, when the recipe used them (repeat, in order)."),
     out: Optional[Path] = typer.Option(None, help="Also save the regenerated image here."),
 ) -> None:
     """Regenerate an image (generate or dream) from its PNG recipe; report whether pixels match."""
@@ -88,7 +98,8 @@ def reproduce(
     from ..io.pngmeta import save_png
 
     report = reproduce_image(image, init_image=init_image, mask=mask, on_warning=lambda text:
-                             console.print(f"[yellow]warning:[/] {text}"))
+                             console.print(f"[yellow]warning:[/] {text}"),
+                             control_images=list(control_image or ()))
     if out is not None:
         save_png(report.image, out, report.recipe)
     if report.identical:

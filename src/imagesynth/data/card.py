@@ -30,6 +30,8 @@ from ..errors import DataError
 CAPTIONS_FILE = "captions.jsonl"
 CARD_FILE = "DATASET.md"
 IMAGES_DIR = "images"
+#: condition maps for ControlNet (`conditions/<kind>/<name>.png`); not training images
+CONDITIONS_DIR = "conditions"
 
 #: progress callback: (done, total)
 ProgressCallback = Callable[[int, int], None]
@@ -76,14 +78,15 @@ class DatasetWriter:
         self.started = time.perf_counter()
         self.counts = {"train": 0, "val": 0}
 
-    def add(self, image: Image.Image, name: str, record: dict) -> dict:
-        """Save `image` as images/<name>.png and append its record (file and split filled in)."""
+    def add(self, image: Image.Image, name: str, record: dict, split: str | None = None) -> dict:
+        """Save `image` as images/<name>.png and append its record (file and split filled in);
+        `split` overrides the hashed train/val split (e.g. "test" for benchmark items)."""
         relative = f"{IMAGES_DIR}/{name}.png"
         if "/" in name:
             (self.staging / relative).parent.mkdir(parents=True, exist_ok=True)
         image.save(self.staging / relative, format="PNG", compress_level=6)
-        split = split_for(relative, self.val_fraction)
-        self.counts[split] += 1
+        split = split or split_for(relative, self.val_fraction)
+        self.counts[split] = self.counts.get(split, 0) + 1
         full = {"file": relative, **record, "split": split}
         self._captions.write(json.dumps(full, ensure_ascii=False) + "\n")
         return full

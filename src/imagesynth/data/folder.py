@@ -29,7 +29,7 @@ from PIL import Image
 from ..errors import DataError, InputImageError, OversizedImageError
 from ..io.files import atomic_write_text
 from ..io.images import image_size, open_image
-from .card import CAPTIONS_FILE, ProgressCallback, split_for
+from .card import CAPTIONS_FILE, CONDITIONS_DIR, ProgressCallback, split_for
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 METADATA_FILE = "metadata.csv"
@@ -115,7 +115,8 @@ class CaptionedImageFolder:
     def _image_files(self) -> list[str]:
         files = []
         for directory, subdirs, names in os.walk(self.root):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and not (
+                d == CONDITIONS_DIR and Path(directory) == self.root))  # maps, not images
             for name in sorted(names):
                 if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
                     files.append(Path(directory, name).relative_to(self.root).as_posix())

@@ -181,17 +181,33 @@ def render_scene(scene: Scene, size: int | None = None) -> Image.Image:
     canvas = Image.new("RGB", (size * SUPERSAMPLE,) * 2, BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for obj in scene.objects:
-        x0, y0, x1, y1 = (round(v * scale) for v in obj.box())
-        colour = PALETTE[obj.colour]
-        # PIL's shapes include their right/bottom edge pixel, hence the -1
-        if obj.shape == "circle":
-            draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=colour)
-        elif obj.shape == "square":
-            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=colour)
-        else:
-            draw.polygon([((x0 + x1 - 1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=colour)
+        _draw_object(draw, obj, scale, PALETTE[obj.colour])
     # the box filter averages each SUPERSAMPLE² block, i.e. exact area coverage
     return canvas.resize((size, size), Image.BOX)
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, scale: float, fill) -> None:
+    """Draw one filled object at `scale` pixels per scene pixel."""
+    x0, y0, x1, y1 = (round(v * scale) for v in obj.box())
+    # PIL's shapes include their right/bottom edge pixel, hence the -1
+    if obj.shape == "circle":
+        draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
+    elif obj.shape == "square":
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
+    else:
+        draw.polygon([((x0 + x1 - 1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill)
+
+
+def object_masks(scene: Scene, size: int | None = None) -> np.ndarray:
+    """Per-object coverage masks [K, size, size] in [0, 1], drawn exactly as `render_scene` draws."""
+    size = scene.size if size is None else size
+    scale = SUPERSAMPLE * size / scene.size
+    masks = []
+    for obj in scene.objects:
+        canvas = Image.new("L", (size * SUPERSAMPLE,) * 2, 0)
+        _draw_object(ImageDraw.Draw(canvas), obj, scale, 255)
+        masks.append(np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.float32) / 255)
+    return np.stack(masks) if masks else np.zeros((0, size, size), np.float32)
 
 
 def _is_held_out(colour: str, shape: str) -> bool:

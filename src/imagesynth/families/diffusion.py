@@ -96,7 +96,7 @@ class DiffusionObjective:
         self.text, self.condition_dropout, self.latent = text, condition_dropout, latent
 
     def __call__(self, denoiser: EDMDenoiser, batch, generator: torch.Generator):
-        samples, choices = batch
+        samples, choices = batch[0], batch[1]
         device = samples.device
         x0 = samples.float() if self.latent else samples.float() / 127.5 - 1
         counts = (choices >= 0).sum(dim=1)
@@ -109,8 +109,13 @@ class DiffusionObjective:
         sigma = denoiser.sample_training_sigmas(len(x0), generator, device)
         noise = torch.randn(x0.shape, generator=generator, device=device)
         loss = denoiser.loss(x0, noise, sigma, encoder_hidden_states=states,
-                             encoder_attention_mask=mask)
+                             encoder_attention_mask=mask, **self.extra_condition(batch))
         return loss.mean(), {"dropped": dropped.float().mean().item()}
+
+    def extra_condition(self, batch) -> dict[str, Any]:
+        """More keyword arguments for the denoiser from the batch: none here (ControlNet adds
+        its condition maps)."""
+        return {}
 
 
 @torch.no_grad()

@@ -75,8 +75,10 @@ class TextConditionedUNet(nn.Module):
         super().__init__()
         self.config = {"coordinate_channels": 0, **config}
         self.coordinate_channels = int(self.config["coordinate_channels"])
+        #: channels of a source image appended last (instruction editing); 0 = none
+        self.source_channels = int(self.config.get("source_channels", 0))
         self.unet = UNet2DConditionModel(**{k: v for k, v in self.config.items()
-                                            if k != "coordinate_channels"})
+                                            if k not in ("coordinate_channels", "source_channels")})
 
     @property
     def channels(self) -> int:
@@ -88,14 +90,32 @@ class TextConditionedUNet(nn.Module):
         """Side length (pixels or latent cells) the UNet was built for."""
         return self.config["sample_size"]
 
+    def network_input(self, x: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        """What the diffusers UNet reads: x, plus coordinate maps when the preset has them, plus
+        the source image of an instruction model (zeros, its "no image" input, when absent)."""
+        parts = [x, coordinate_maps(x)] if self.coordinate_channels else [x]
+        if self.source_channels:
+            parts.append(torch.zeros_like(x[:, :self.source_channels]) if source is None
+                         else source.to(x.dtype).expand(x.shape[0], -1, -1, -1))
+        elif source is not None:
+            raise ConfigError("this model takes no source image", field="model",
+                              fix="use an instruction model (`imagesynth train instruct`)")
+        return torch.cat(parts, dim=1) if len(parts) > 1 else x
+
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                encoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw network output F for inputs x [B,C,H,W] and text states [B,T,D]."""
+                encoder_attention_mask: torch.Tensor | None = None,
+                down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
+                mid_block_additional_residual: torch.Tensor | None = None,
+                source: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw network output F for inputs x [B,C,H,W] and text states [B,T,D]; the residuals
+        are a ControlNet's, added to the skip connections (`diffusion.control`); `source`
+        [B,C,H,W] is an instruction model's source image, in [-1, 1] and not noised."""
         c_noise = c_noise.expand(x.shape[0]) if c_noise.ndim == 0 else c_noise
-        if self.coordinate_channels:
-            x = torch.cat([x, coordinate_maps(x)], dim=1)
-        return self.unet(x, c_noise, encoder_hidden_states=encoder_hidden_states,
-                         encoder_attention_mask=encoder_attention_mask, return_dict=False)[0]
+        return self.unet(self.network_input(x, source), c_noise, encoder_hidden_states=encoder_hidden_states,
+                         encoder_attention_mask=encoder_attention_mask,
+                         down_block_additional_residuals=down_block_additional_residuals,
+                         mid_block_additional_residual=mid_block_additional_residual,
+                         return_dict=False)[0]
 
 
 def coordinate_maps(x: torch.Tensor) -> torch.Tensor:

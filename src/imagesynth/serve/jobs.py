@@ -156,6 +156,13 @@ def parse_job(body: Any, known_models: set[str]) -> tuple[str, Any]:
 
 def check_references(kind: str, config: Any) -> None:
     """Image fields must be `upload:ID` / `image:ID` references: no path reaches the disk."""
+    if kind == "generate" and config.lora:  # LoRA fields are file paths
+        raise ConfigError("the studio does not open LoRA files", field="lora",
+                          fix="use `imagesynth generate --lora FILE[:WEIGHT]`")
+    if kind == "generate" and (config.control_image or config.control_model):  # paths too
+        raise ConfigError("the studio does not open ControlNet maps or folders by path",
+                          field="control_image" if config.control_image else "control_model",
+                          fix="use `imagesynth generate --control-image MAP --control-model DIR`")
     for name in IMAGE_FIELDS.get(kind, ()):
         value = getattr(config, name)
         if value is not None and not REFERENCE.match(value):
