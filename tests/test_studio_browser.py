@@ -403,3 +403,19 @@ def test_docs_screenshot(tmp_path):
     assert Image.open(out).size == (1280, 800)
     BUILD.mkdir(exist_ok=True)
     shutil.copyfile(out, BUILD / "studio-docs.png")
+
+
+def test_a_tab_clicked_before_the_schema_arrives_opens_when_the_page_is_ready(page, studio):
+    """On a slow server the tab buttons exist before the forms: a click then must not raise a
+    page error (the page fixture fails on one), and the tab asked for opens once ready."""
+    held: list = []
+    page.route("**/api/schema", lambda route: held.append(route))  # answered only below
+    page.reload()
+    page.locator("#tabs button[data-tab=gallery]").click()
+    assert page.evaluate("document.body.dataset.ready") is None and len(held) == 1
+    held[0].continue_()
+    page.unroute("**/api/schema")
+    page.wait_for_selector("body[data-ready=true]", state="attached", timeout=30_000)
+    gallery_tab = page.locator("#tabs button[data-tab=gallery]")
+    assert gallery_tab.get_attribute("aria-selected") == "true"
+    assert page.evaluate("location.hash") == "#gallery"

@@ -116,6 +116,11 @@ function buildTab(id) {
 
 function showTab(id) {
   if (!TABS[id]) id = 'txt2img';
+  if (document.body.dataset.ready !== 'true') {
+    // A tab clicked while the schema still loads: remember it; main() opens it when built.
+    history.replaceState(null, '', `#${id}`);
+    return;
+  }
   current = id;
   for (const section of $$('#views > .view')) section.hidden = section.dataset.view !== id;
   for (const button of $$('#tabs button')) {
@@ -384,10 +389,10 @@ async function main() {
   setUpDrop();
   setUpKeys();
   window.addEventListener('hashchange', () => showTab(location.hash.slice(1)));
+  document.body.dataset.ready = 'true';
   showTab(location.hash.slice(1) || 'txt2img');
   refreshStatus();
   setInterval(refreshStatus, 4000);
-  document.body.dataset.ready = 'true';
 }
 
 main();
