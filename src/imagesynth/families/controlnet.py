@@ -71,19 +71,6 @@ class ControlNetTraining(nn.Module):
     loss = EDMDenoiser.loss
 
 
-class ControlTrainingSet(torch.utils.data.Dataset):
-    """Samples, caption rows and uint8 condition maps [N, 3, H, W], kept in memory."""
-
-    def __init__(self, samples: torch.Tensor, choices: torch.Tensor, maps: torch.Tensor):
-        self.samples, self.choices, self.maps = samples, choices, maps
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        return self.samples[index], self.choices[index], self.maps[index]
-
-
 class ControlNetObjective(DiffusionObjective):
     """The diffusion objective with the batch's condition maps as the ControlNet's input."""
 
@@ -182,8 +169,9 @@ def train_controlnet(model: str, data: str | Path, condition: str, out: str | Pa
                   "train_images": len(folder), "train": to_dict(config)}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "controlnet_config.json", json.dumps(run_config, indent=2))
-    result = train(trainee, ControlTrainingSet(samples, choices, maps), objective, config, out,
-                   stop_after=stop_after, show_progress=show_progress)
+    dataset = torch.utils.data.TensorDataset(samples, choices, maps)  # rows: sample, caption, map
+    result = train(trainee, dataset, objective, config, out, stop_after=stop_after,
+                   show_progress=show_progress)
     final = result.ema if result.ema is not None else trainee
     state = {k.removeprefix("controlnet."): v.detach().contiguous()
              for k, v in final.state_dict().items() if k.startswith("controlnet.")}

@@ -71,19 +71,6 @@ def is_instruct_config(config: dict) -> bool:
     return bool(config.get("instruct")) and source_channels > 0
 
 
-class InstructTrainingSet(torch.utils.data.Dataset):
-    """After images, source images (uint8 [N, 3, H, W]) and instruction rows, in memory."""
-
-    def __init__(self, after: torch.Tensor, source: torch.Tensor, rows: torch.Tensor):
-        self.after, self.source, self.rows = after, source, rows
-
-    def __len__(self) -> int:
-        return len(self.after)
-
-    def __getitem__(self, index: int):
-        return self.after[index], self.source[index], self.rows[index]
-
-
 class InstructObjective(DiffusionObjective):
     """EDM loss on the after image given instruction and source, with the paper's dropout."""
 
@@ -197,7 +184,7 @@ def train_instruct(model: str, data: str | Path, out: str | Path, overrides: dic
     # Written first so `imagesynth train export RUN` can turn a mid-run checkpoint into a model.
     atomic_write_text(out / RUN_MODEL_CONFIG, json.dumps(run_config, indent=2))
     atomic_write_text(out / CAPTIONS_FILE, captions_text(distinct))
-    result = train(denoiser, InstructTrainingSet(after, source, rows),
+    result = train(denoiser, torch.utils.data.TensorDataset(after, source, rows),
                    InstructObjective(text, settings), config, out, stop_after=stop_after,
                    show_progress=show_progress)
     final = result.ema if result.ema is not None else denoiser
