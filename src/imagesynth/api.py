@@ -10,9 +10,10 @@ DEFAULT_MODEL = "emoji"
 
 
 def load(name_or_path: str | Path = DEFAULT_MODEL, *, device: str | None = None,
-         autoencoder=None) -> DiffusionPipeline:
-    """Load a diffusion model by registry/bundled name or folder path, ready to generate."""
-    return load_pipeline(str(name_or_path), device=device, autoencoder=autoencoder)
+         autoencoder=None, dtype: str | None = None) -> DiffusionPipeline:
+    """Load a diffusion model by registry/bundled name, folder or SD file, ready to generate
+    (`dtype="bfloat16"`/`"float16"`: Stable Diffusion weights in half precision)."""
+    return load_pipeline(str(name_or_path), device=device, autoencoder=autoencoder, dtype=dtype)
 
 
 def edit(image, instruction: str, *, model: str | Path | DiffusionPipeline, seed: int = 0,

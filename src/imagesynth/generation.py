@@ -43,7 +43,16 @@ class GenerateConfig:
     guidance: float | None = field(default=None, metadata=_help(
         "Classifier-free guidance scale >= 0 (model default if omitted)."))
     size: int | None = field(default=None, metadata=_help(
-        "Image side in pixels; only the model's training size is allowed."))
+        "Image side in pixels: the training size for imagesynth models, any multiple of 8 for "
+        "Stable Diffusion."))
+    guidance_rescale: float = field(default=0.0, metadata=_help(
+        "CFG rescale in [0, 1] (Lin et al. 2023; ~0.7 against over-exposure)."))
+    clip_guidance: float = field(default=0.0, metadata=_help(
+        "CLIP guidance scale >= 0 (0 = off); needs a CLIP model."))
+    clip_model: str | None = field(default=None, metadata=_help(
+        "CLIP for CLIP guidance: a bundled or registered CLIP name."))
+    clip_cutouts: int = field(default=8, metadata=_help(
+        "CLIP guidance: random cutouts scored per step (1-64)."))
     init_image: str | None = field(default=None, metadata=_help(
         "Start from this image (img2img).", kind="image"))
     strength: float = field(default=0.6, metadata=_help(
@@ -97,6 +106,18 @@ class GenerateConfig:
                               fix="0 ignores the prompt, 1 is plain conditioning, 2-5 is typical")
         if self.size is not None and not 1 <= self.size <= 4096:
             raise ConfigError(f"must be between 1 and 4096, got {self.size}", field="size")
+        if not (math.isfinite(self.guidance_rescale) and 0 <= self.guidance_rescale <= 1):
+            raise ConfigError(f"must be in [0, 1], got {self.guidance_rescale}",
+                              field="guidance_rescale", fix="0 is off; ~0.7 as the paper suggests")
+        if not (math.isfinite(self.clip_guidance) and self.clip_guidance >= 0):
+            raise ConfigError(f"must be a number >= 0, got {self.clip_guidance}",
+                              field="clip_guidance", fix="0 turns CLIP guidance off")
+        if self.clip_guidance and not self.clip_model:
+            raise ConfigError("CLIP guidance needs a CLIP", field="clip_model",
+                              fix="pass --clip-model NAME (e.g. shapes-clip)")
+        if not 1 <= self.clip_cutouts <= 64:
+            raise ConfigError(f"must be between 1 and 64, got {self.clip_cutouts}",
+                              field="clip_cutouts")
         if not (math.isfinite(self.strength) and 0 < self.strength <= 1):
             raise ConfigError(f"must be in (0, 1], got {self.strength}", field="strength")
         if not (math.isfinite(self.mask_blur) and 0 <= self.mask_blur <= 64):
@@ -188,7 +209,9 @@ def generate(config: GenerateConfig, *, pipe=None, callback: Callable | None = N
                 guidance_scale=config.guidance, size=config.size, init_image=init,
                 strength=config.strength, mask=mask, mask_blur=config.mask_blur,
                 outpaint=config.outpaint, callback=callback, expand=config.expand,
-                loras=loras, controls=config.controls(resolve))
+                loras=loras, controls=config.controls(resolve),
+                guidance_rescale=config.guidance_rescale, clip_guidance=config.clip_guidance,
+                clip_model=config.clip_model, clip_cutouts=config.clip_cutouts)
 
 
 @dataclass(frozen=True)
@@ -232,6 +255,14 @@ def _controls_from_recipe(entries: list[dict], images: list) -> list:
             for image, entry in zip(images, entries)]
 
 
+def _clip_guidance_from_recipe(entry: dict | None) -> dict:
+    """The pipeline's CLIP-guidance arguments from a recipe's `clip_guidance` entry."""
+    if not entry:
+        return {}
+    return {"clip_guidance": entry["scale"], "clip_model": entry["model"],
+            "clip_cutouts": entry["cutouts"]}
+
+
 def reproduce_image(image: str | Path | bytes, *, init_image=None, mask=None, pipe_loader=None,
                     on_warning: Callable[[str], None] | None = None,
                     control_images: Sequence = ()) -> ReproduceReport:
@@ -263,9 +294,9 @@ def reproduce_image(image: str | Path | bytes, *, init_image=None, mask=None, pi
             raise UsageError(f"this image was made with an input image; pass {name}", field=name)
     loras = None
     if recipe.get("loras"):  # refused (one line) when a file is missing or changed
-        from .diffusion.lora import loras_from_recipe
+        from .diffusion.lora import lora_paths_from_recipe
 
-        loras = loras_from_recipe(recipe["loras"])
+        loras = lora_paths_from_recipe(recipe["loras"])  # the pipeline reads them
     controls = _controls_from_recipe(recipe.get("controls") or [], list(control_images))
     if pipe_loader is None:
         from .api import load as pipe_loader
@@ -280,7 +311,9 @@ def reproduce_image(image: str | Path | bytes, *, init_image=None, mask=None, pi
                   strength=recipe.get("strength") or 0.6, mask=mask,
                   mask_blur=recipe.get("mask_blur", 0.0),
                   outpaint=tuple(outpaint) if outpaint else None, loras=loras,
-                  controls=controls or None)
+                  controls=controls or None,
+                  guidance_rescale=recipe.get("guidance_rescale", 0.0),
+                  **_clip_guidance_from_recipe(recipe.get("clip_guidance")))
     for key in ("init_image_hash", "mask_hash"):
         if recipe.get(key) and result.recipes[0].get(key) != recipe[key]:
             raise InputImageError(f"the given file does not match the recipe's {key}",

@@ -23,7 +23,7 @@ from .diffusion.denoisers import EDMDenoiser
 from .errors import ConfigError, InputImageError, ModelNotFoundError, NumericError
 from .io.files import sha256_bytes, sha256_file
 from .io.images import open_image
-from .registry import Registry
+from .registry import SD_FAMILY, Registry
 
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
 SCHEDULE = {"schedule": "karras", "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "rho": RHO}
@@ -36,6 +36,8 @@ class GenerationResult:
 
     images: list[Image.Image]
     recipes: list[dict[str, Any]] = field(default_factory=list)
+    #: the sampler's result in the denoiser's space (pixels or scaled latents), before decoding
+    samples: torch.Tensor | None = None
 
 
 def _read_input_image(source: ImageInput, mode: str, field_name: str) -> tuple[Image.Image, str]:
@@ -125,11 +127,50 @@ class DiffusionPipeline:
 
         return karras_sigmas(num_steps, SIGMA_MIN, SIGMA_MAX, RHO).to(self.device)
 
+    def img2img_sigmas(self, num_steps: int, strength: float) -> torch.Tensor:
+        """The img2img schedule: `num_steps` steps from the ramp position `1 - strength`."""
+        from .diffusion import img2img_sigmas
+
+        return img2img_sigmas(num_steps, strength, SIGMA_MIN, SIGMA_MAX, RHO).to(self.device)
+
+    def noise_scale(self, sigmas: torch.Tensor) -> torch.Tensor | float:
+        """Standard deviation of the starting noise of text-to-image sampling over `sigmas`."""
+        return sigmas[0]
+
+    def latent_shape(self, size: int) -> tuple[int, int, int]:
+        """Shape [C, h, w] the denoiser samples for an image of side `size`."""
+        return self.sample_shape
+
+    def schedule_recipe(self) -> dict[str, Any]:
+        """How `sigmas` is built, for the recipe."""
+        return dict(SCHEDULE)
+
+    def inpaint(self, sample, guided, x0: torch.Tensor, mask: torch.Tensor,
+                template: torch.Tensor, generators, num_steps: int, mask_blur: float,
+                callback=None) -> torch.Tensor:
+        """Repaint where `mask` [1,1,S,S] is 1, keep `x0` elsewhere (`diffusion.InpaintDenoiser`).
+
+        `guided()` builds the guided denoiser; `template` is shaped like the samples.
+        """
+        from .diffusion import InpaintDenoiser
+
+        z0 = self._encode_image(x0, generators)
+        side = template.shape[-1]
+        if side != mask.shape[-1]:  # latent model: the mask covers latent cells
+            mask = torch.nn.functional.interpolate(mask, size=(side, side), mode="area")
+        inpaint = InpaintDenoiser(guided(), z0, mask, generators, mask_blur)
+        sigmas = self.sigmas(num_steps)
+        return sample(inpaint, inpaint.start(sigmas[0], generators), sigmas,
+                      generator=generators, callback=callback)
+
     def guided_denoiser(self, prompts: list[str], negative_prompt: str, guidance_scale: float,
-                        base_denoiser=None):
+                        base_denoiser=None, size: int | None = None,
+                        guidance_rescale: float = 0.0):
         """The denoiser under CFG: one prompt per sample, the negative prompt as the uncond branch.
 
-        `base_denoiser` replaces the model's own (e.g. the LoRA-adapted copy from `with_loras`).
+        `base_denoiser` replaces the model's own (e.g. the LoRA-adapted copy from `with_loras`);
+        `size` is the image side (models conditioned on it read it); `guidance_rescale` is
+        Lin et al.'s CFG rescale (0 = off).
 
         Each sample gets its own CFG pair, evaluated alone (`PerSampleDenoiser`), with its prompt
         padded only as far as itself and the negative prompt need: exactly what generating that
@@ -149,10 +190,43 @@ class DiffusionPipeline:
             uncond = {"encoder_hidden_states": pad(negative_states),
                       "encoder_attention_mask": pad_mask(negative_mask)}
             guided[prompt] = ClassifierFreeGuidance(base_denoiser or self.denoiser, cond, uncond,
-                                                    guidance_scale)
+                                                    guidance_scale, guidance_rescale)
         if len(prompts) == 1:
             return guided[prompts[0]]
         return PerSampleDenoiser([guided[prompt] for prompt in prompts])
+
+    def _clip_scorer(self, clip_model, scale: float, cutouts: int):
+        """The CLIP scorer for CLIP guidance and its recipe entry (spec, scale, cutouts)."""
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
+            raise ConfigError(f"must be a number >= 0, got {scale!r}", field="clip_guidance")
+        if not isinstance(cutouts, int) or not 1 <= cutouts <= 64:
+            raise ConfigError(f"must be an integer in [1, 64], got {cutouts!r}",
+                              field="clip_cutouts")
+        if clip_model is None:
+            raise ConfigError("CLIP guidance needs a CLIP", field="clip_model",
+                              fix="pass --clip-model NAME (e.g. shapes-clip, hf:FOLDER, "
+                                  "openclip:ARCH:WEIGHTS)")
+        if isinstance(clip_model, str):
+            from .clip.foreign import load_scorer
+
+            spec = clip_model
+            if getattr(self, "_scorer", (None,))[0] != spec:
+                self._scorer = (spec, load_scorer(spec, device=self.device))
+            scorer = self._scorer[1]
+        else:
+            spec, scorer = getattr(clip_model, "name", type(clip_model).__name__), clip_model
+        return scorer, {"model": spec, "scale": float(scale), "cutouts": cutouts}
+
+    def _clip_guided(self, denoiser, scorer, prompts: list[str], scale: float, cutouts: int,
+                     seeds: list[int]):
+        """`denoiser` under CLIP guidance; image i's cutouts come from its own seeded generator."""
+        from .diffusion import CLIPGuidance
+        from .guided.loop import scorer_input_size
+
+        cutout_generators = [torch.Generator().manual_seed(seed ^ 0x5EED) for seed in seeds]
+        return CLIPGuidance(denoiser, scorer, prompts, scale, cutout_generators,
+                            cut_size=scorer_input_size(scorer), num_cutouts=cutouts,
+                            to_image=lambda z: (self.decode(z) + 1) / 2)
 
     def with_loras(self, loras) -> tuple[nn.Module, list[dict[str, Any]]]:
         """The denoiser with LoRAs [(FILE or LoraFile, weight), ...] stacked, and their recipe entries.
@@ -172,9 +246,10 @@ class DiffusionPipeline:
             self._lora_cache = (key, apply_loras(self.denoiser, loaded, self.model_hash))
         return self._lora_cache[1], entries
 
-    def with_controls(self, denoiser, controls, schedule: torch.Tensor):
+    def with_controls(self, denoiser, controls, schedule: torch.Tensor, size: int | None = None):
         """`denoiser` wrapped with ControlNets (`families.controlnet.controlled_denoiser`) and
-        their recipe entries; loaded ControlNets are kept for the next call."""
+        their recipe entries; loaded ControlNets are kept for the next call. `size` is the
+        image side (models of one size ignore it)."""
         from .families.controlnet import controlled_denoiser
 
         if not hasattr(self, "_controlnets"):
@@ -226,12 +301,14 @@ class DiffusionPipeline:
                for s in seeds):
             raise ConfigError("seeds must be integers in [0, 2^63)", field="seed")
 
-    def _encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [B,3,H,W] in [-1,1] -> the space the denoiser works in."""
+    def _encode_image(self, images: torch.Tensor, generators=None) -> torch.Tensor:
+        """Images [1,3,H,W] in [-1,1] -> the denoiser's space, one row per generator if given."""
         if self.autoencoder is None:
-            return images
-        with torch.no_grad():
-            return self.autoencoder.encode(images)
+            encoded = images
+        else:
+            with torch.no_grad():
+                encoded = self.autoencoder.encode(images)
+        return encoded if generators is None else encoded.expand(len(generators), -1, -1, -1)
 
     def _decode(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.isfinite(x).all():
@@ -304,7 +381,8 @@ class DiffusionPipeline:
                  strength: float = 0.6, mask: ImageInput | None = None,
                  mask_blur: float = 0.0, outpaint: tuple[int, int, int, int] | None = None,
                  callback=None, expand: bool = False, loras=None,
-                 controls=None) -> GenerationResult:
+                 controls=None, guidance_rescale: float = 0.0, clip_guidance: float = 0.0,
+                 clip_model=None, clip_cutouts: int = 8) -> GenerationResult:
         """Generate images: one per prompt, or `num_images` of one prompt with seeds seed, seed+1, ...
 
         `callback(i, sigma, x, denoised)` runs every sampler step (previews, progress, cancel);
@@ -313,9 +391,12 @@ class DiffusionPipeline:
         the typed and the expanded prompt in the recipe; `loras=[(FILE, weight), ...]` stacks
         LoRA files on the denoiser (each file's SHA-256 and weight go into the recipe);
         `controls=[ControlInput(image, model, scale, start, end), ...]` adds ControlNets
-        (`diffusion.control`; image and ControlNet hashes, scale and window go into the recipe).
+        (`diffusion.control`; image and ControlNet hashes, scale and window go into the recipe);
+        `guidance_rescale` rescales CFG (Lin et al. 2023); `clip_guidance=S` with `clip_model`
+        (a CLIP spec or Scorer) steers every step toward the prompt with a CLIP's gradient
+        (`diffusion.CLIPGuidance`, `clip_cutouts` cutouts per evaluation, seeded per image).
         """
-        from .diffusion import InpaintDenoiser, get_sampler, img2img_sigmas, randn_like_per_sample
+        from .diffusion import get_sampler, randn_like_per_sample
         from .diffusion.noise import generators_from_seeds
 
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -349,38 +430,43 @@ class DiffusionPipeline:
 
         base_denoiser, lora_entries = self.with_loras(loras)
         if controls:  # the window is read off the schedule the sampler below runs
-            schedule = (img2img_sigmas(num_steps, strength, SIGMA_MIN, SIGMA_MAX, RHO)
+            schedule = (self.img2img_sigmas(num_steps, strength)
                         if x0 is not None and mask_tensor is None else self.sigmas(num_steps))
-            base_denoiser, control_entries = self.with_controls(base_denoiser, controls, schedule)
-        denoiser = self.guided_denoiser(prompts, negative_prompt, guidance_scale, base_denoiser)
+            base_denoiser, control_entries = self.with_controls(base_denoiser, controls, schedule,
+                                                                size=size)
         generators = generators_from_seeds(seeds)
-        channels, side, _ = self.sample_shape
+        clip_entry = None
+        if clip_guidance:
+            scorer, clip_entry = self._clip_scorer(clip_model, clip_guidance, clip_cutouts)
+
+        def guided(**extra):
+            denoiser = self.guided_denoiser(prompts, negative_prompt, guidance_scale,
+                                            base_denoiser, size=size,
+                                            guidance_rescale=guidance_rescale, **extra)
+            if not clip_guidance:
+                return denoiser
+            return self._clip_guided(denoiser, scorer, prompts, clip_guidance, clip_cutouts, seeds)
+
+        channels, side, _ = self.latent_shape(size)
         template = torch.empty(len(seeds), channels, side, side, device=self.device)
 
         if x0 is None:
             sigmas = self.sigmas(num_steps)
-            x = randn_like_per_sample(template, generators) * sigmas[0]
-            result = sample(denoiser, x, sigmas, generator=generators, callback=callback)
-        else:
-            z0 = self._encode_image(x0).expand(len(seeds), -1, -1, -1)
-            if mask_tensor is None:
-                from .diffusion import img2img
+            x = randn_like_per_sample(template, generators) * self.noise_scale(sigmas)
+            result = sample(guided(), x, sigmas, generator=generators, callback=callback)
+        elif mask_tensor is None:
+            from .diffusion import img2img
 
-                sigmas = img2img_sigmas(num_steps, strength, SIGMA_MIN, SIGMA_MAX, RHO)
-                result = img2img(sample, denoiser, z0, sigmas.to(self.device), generators,
-                                 callback=callback)
-            else:
-                if side != size:  # latent model: the mask covers latent cells
-                    mask_tensor = torch.nn.functional.interpolate(mask_tensor, size=(side, side),
-                                                                  mode="area")
-                inpaint = InpaintDenoiser(denoiser, z0, mask_tensor, generators, mask_blur)
-                sigmas = self.sigmas(num_steps)
-                result = sample(inpaint, inpaint.start(sigmas[0], generators), sigmas,
-                                generator=generators, callback=callback)
+            z0 = self._encode_image(x0, generators)
+            sigmas = self.img2img_sigmas(num_steps, strength)
+            result = img2img(sample, guided(), z0, sigmas, generators, callback=callback)
+        else:
+            result = self.inpaint(sample, guided, x0, mask_tensor, template, generators,
+                                  num_steps, mask_blur, callback)
         images = _to_pil(self._decode(result))
 
         common = {"negative_prompt": negative_prompt, "steps": num_steps, "sampler": sampler_name,
-                  "sampler_options": dict(SCHEDULE),
+                  "sampler_options": self.schedule_recipe(),
                   "guidance_scale": guidance_scale, "size": [size, size],
                   "model": self.model_name, "model_hash": self.model_hash,
                   "versions": _versions(), "device": str(self.device), "dtype": "float32",
@@ -388,6 +474,10 @@ class DiffusionPipeline:
                       timespec="seconds")}
         if lora_entries:
             common["loras"] = lora_entries
+        if guidance_rescale:
+            common["guidance_rescale"] = guidance_rescale
+        if clip_entry:
+            common["clip_guidance"] = clip_entry
         if controls:
             common["controls"] = control_entries
         if x0 is not None:
@@ -400,12 +490,15 @@ class DiffusionPipeline:
         if expansions is not None:  # the model saw the expanded prompt; the typed one is kept
             for recipe, original in zip(recipes, typed):
                 recipe.update(typed_prompt=original, expansion=expansions[original].to_dict())
-        return GenerationResult(images, recipes)
+        return GenerationResult(images, recipes, result)
 
 
 def load_pipeline(name_or_path: str = "emoji", *, autoencoder=None, text_encoder=None,
-                  device: torch.device | str | None = None) -> DiffusionPipeline:
+                  device: torch.device | str | None = None,
+                  dtype: str | torch.dtype | None = None) -> DiffusionPipeline:
     """Load a diffusion model (registry name, bundled name or folder) as a pipeline.
+
+    `dtype` ("float16", "bfloat16") stores a Stable Diffusion model's weights in half precision.
 
     `autoencoder` / `text_encoder` reuse already loaded modules instead of loading the config's.
     """
@@ -413,6 +506,11 @@ def load_pipeline(name_or_path: str = "emoji", *, autoencoder=None, text_encoder
 
     registry = Registry()
     entry = registry.get(str(name_or_path))
+    if entry.family == SD_FAMILY:
+        return _load_sd(registry, entry, device, dtype)
+    if dtype not in (None, "float32", torch.float32):
+        raise ConfigError("only Stable Diffusion models load in half precision here",
+                          field="dtype", fix="leave dtype out (use `models half` for a copy)")
     config = entry.config()
     if config.get("family") != "diffusion":
         raise ModelNotFoundError(f"{entry.name!r} is a {config.get('family', 'unknown')!r} model, "
@@ -446,6 +544,37 @@ def load_pipeline(name_or_path: str = "emoji", *, autoencoder=None, text_encoder
     captions = read_captions(entry.root) if entry.root.is_dir() else None
     return DiffusionPipeline(load_denoiser(state, config), text_encoder,
                              config, model_name, model_hash, autoencoder, device, captions)
+
+
+def _load_sd(registry: Registry, entry, device, dtype=None) -> DiffusionPipeline:
+    """A Stable Diffusion model (diffusers folder or single file), hashes verified first."""
+    from .sd.loading import load_sd_pipeline
+
+    if entry.source != "path":  # a path was hashed just now; a registered model may have changed
+        problems = registry.verify(entry)
+        if problems:
+            from .errors import IntegrityError
+
+            raise IntegrityError(f"model {entry.name!r}: {problems[0]}", field="model",
+                                 fix="restore the original files or re-add the model")
+    details = entry.details
+    override = details.get("prediction") if details.get("prediction_override") else None
+    name = entry.name if entry.source != "path" else str(entry.root)
+    return load_sd_pipeline(entry.root, name=name, model_hash=entry.weights_sha256,
+                            prediction_type=override, trust_pickle=entry.trusted_pickle,
+                            config=details.get("config"), device=device,
+                            dtype=_torch_dtype(dtype))
+
+
+def _torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """"bfloat16" / torch.bfloat16 / None -> a floating torch dtype (float32 by default)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype or torch.float32
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in names:
+        raise ConfigError(f"unknown dtype {dtype!r}", field="dtype",
+                          fix=f"use one of: {', '.join(names)}")
+    return names[dtype]
 
 
 def load_denoiser(state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -> EDMDenoiser:

@@ -24,6 +24,8 @@ from .io.files import atomic_write_text, sha256_file
 from .paths import bundled_models_dir, home
 
 WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+#: the family of Stable Diffusion weights in their own formats (diffusers folder, single file)
+SD_FAMILY = "stable-diffusion"
 SUMS_FILE = "SHA256SUMS"
 #: text files a model folder may carry beside its weights, kept by copies (the training captions
 #: that `generate --expand` rewrites prompts into)
@@ -41,6 +43,8 @@ class ModelEntry:
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     added: str = ""
     trusted_pickle: str | None = None
+    #: what detection found for foreign models (Stable Diffusion: arch, prediction, inpaint)
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -49,7 +53,12 @@ class ModelEntry:
 
     @property
     def weights_sha256(self) -> str | None:
-        """The recorded hash of the model's (first) safetensors file: what recipes pin."""
+        """What recipes pin: the (first) safetensors file's hash; for Stable Diffusion folders,
+        one hash over all files (`sd.loading.combined_hash`)."""
+        if self.family == SD_FAMILY and self.files:
+            from .sd.loading import combined_hash
+
+            return combined_hash(self.files)
         weights = [rel for rel in sorted(self.files) if rel.endswith(".safetensors")]
         return self.files[weights[0]] if weights else None
 
@@ -201,8 +210,22 @@ class Registry:
                                  field="model", fix="use `imagesynth models list`, or a path")
 
     def _describe(self, path: Path, name: str, source: str,
-                  trust_pickle: str | None = None) -> ModelEntry:
+                  trust_pickle: str | None = None,
+                  prediction_type: str | None = None, config: str | None = None) -> ModelEntry:
         """Validate a folder or weights file and build its entry with fresh hashes."""
+        from .sd.loading import describe_sd, is_sd_path
+
+        if is_sd_path(path, trust_pickle=trust_pickle):
+            details = describe_sd(path, prediction_type=prediction_type,
+                                  trust_pickle=trust_pickle, config=config)
+            return ModelEntry(name=name, path=str(path), source=source, family=SD_FAMILY,
+                              files=hash_model_files(path),
+                              added=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                              trusted_pickle=trust_pickle, details=details)
+        for option, value in (("prediction_type", prediction_type), ("config", config)):
+            if value is not None:
+                raise UsageError(f"only Stable Diffusion weights take {option}", field=option,
+                                 fix=f"leave --{option.replace('_', '-')} out")
         if path.is_dir():
             if not (path / "config.json").is_file():
                 raise ModelNotFoundError(f"{path} has no config.json", field="path",
@@ -229,7 +252,8 @@ class Registry:
                           trusted_pickle=trust_pickle)
 
     def add(self, path: str | Path, name: str | None = None,
-            trust_pickle: str | None = None) -> ModelEntry:
+            trust_pickle: str | None = None, prediction_type: str | None = None,
+            config: str | Path | None = None) -> ModelEntry:
         """Validate and register a local model folder or weights file, pinning its hashes."""
         path = Path(path).expanduser()
         if not path.exists():
@@ -240,7 +264,8 @@ class Registry:
             raise UsageError(f"{name!r} is the name of a bundled model", field="name",
                              fix="choose another --name")
         entry = self._describe(path.resolve(), name=name, source="user",
-                               trust_pickle=trust_pickle)
+                               trust_pickle=trust_pickle, prediction_type=prediction_type,
+                               config=None if config is None else str(config))
         models = self._read_user()
         models[name] = asdict(entry)
         self._write_user(models)

@@ -15,6 +15,7 @@ from rich.table import Table
 from .. import __version__
 from ..paths import home
 from ..registry import Registry
+from .models import describe_entry
 from . import app
 
 PACKAGES = ("torch", "diffusers", "transformers", "sentence-transformers",
@@ -57,8 +58,8 @@ def collect() -> dict:
         "memory_total_gb": round(total / 2**30, 1) if total else None,
         "memory_available_gb": round(available / 2**30, 1) if available else None,
         "disk_free_gb": round(disk.free / 2**30, 1),
-        "models": [{"name": e.name, "family": e.family, "source": e.source}
-                   for e in Registry().entries()],
+        "models": [{"name": e.name, "family": e.family, "source": e.source,
+                    **describe_entry(e)} for e in Registry().entries()],
     }
 
 
@@ -78,6 +79,12 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
         table.add_row(key, str(report[key]))
     for name, version in report["packages"].items():
         table.add_row(name, version or "[red]missing[/]")
-    names = ", ".join(f"{m['name']} ({m['source']})" for m in report["models"])
-    table.add_row("models", names or "none")
     console.print(table)
+    models = Table(title="models")
+    for column in ("name", "kind", "prediction", "resolution", "text encoder", "hash", "source"):
+        models.add_column(column)
+    for m in report["models"]:
+        models.add_row(m["name"], m["kind"], str(m["prediction"] or "-"),
+                       str(m["resolution"] or "-"), str(m["text_encoder"] or "-"),
+                       (m["hash"] or "-")[:12], m["source"])
+    console.print(models if report["models"] else "models: none")

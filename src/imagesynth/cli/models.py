@@ -24,21 +24,43 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def describe_entry(entry) -> dict:
+    """Kind, prediction type, resolution, text encoder and hash of a model, for listings."""
+    details = dict(entry.details)
+    if entry.family == "stable-diffusion":
+        kind = details.get("arch", "?") + (" inpaint" if details.get("inpaint") else "")
+        return {"kind": kind, "prediction": details.get("prediction"),
+                "resolution": details.get("resolution"),
+                "text_encoder": details.get("text_encoder"), "hash": entry.weights_sha256}
+    try:
+        config = entry.config()
+    except (OSError, ValueError):
+        config = {}
+    latent = "latent " if entry.family == "diffusion" and config.get("autoencoder") else ""
+    prediction = "edm" if config.get("family") == "diffusion" else None
+    return {"kind": latent + entry.family, "prediction": prediction,
+            "resolution": config.get("image_size"), "text_encoder": config.get("text_encoder"),
+            "hash": entry.weights_sha256}
+
+
 @models_app.command("list")
 def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")
                 ) -> None:
-    """List bundled and registered models."""
+    """List bundled and registered models: kind, prediction type, resolution, text encoder, hash."""
     entries = Registry().entries()
     if as_json:
         print(json.dumps([{"name": e.name, "family": e.family, "source": e.source, "path": e.path,
-                           "files": e.files} for e in entries], indent=2))
+                           **describe_entry(e), "files": e.files} for e in entries], indent=2))
         return
     table = Table(title="imagesynth models")
-    for column in ("name", "family", "source", "size", "files", "path"):
+    for column in ("name", "kind", "prediction", "resolution", "text encoder", "hash", "source",
+                   "size", "path"):
         table.add_column(column)
     for e in entries:
-        table.add_row(e.name, e.family, e.source, _megabytes(e.size_bytes()), str(len(e.files)),
-                      e.path)
+        about = describe_entry(e)
+        table.add_row(e.name, about["kind"], str(about["prediction"] or "-"),
+                      str(about["resolution"] or "-"), str(about["text_encoder"] or "-"),
+                      (about["hash"] or "-")[:12], e.source, _megabytes(e.size_bytes()), e.path)
     console.print(table if entries else "No models yet: bundled models live in models/, "
                   "and `imagesynth models add PATH` registers your own.")
 
@@ -66,10 +88,18 @@ def add_model(path: Path = typer.Argument(..., help="Model folder (config.json +
               name: Optional[str] = typer.Option(None, help="Registry name (default: folder/file name)."),
               trust_pickle: Optional[str] = typer.Option(
                   None, "--trust-pickle", metavar="SHA256",
-                  help="Allow full unpickling of this exact .ckpt/.pt/.bin file (its SHA-256).")
+                  help="Allow full unpickling of this exact .ckpt/.pt/.bin file (its SHA-256)."),
+              prediction_type: Optional[str] = typer.Option(
+                  None, "--prediction-type",
+                  help="Stable Diffusion only: epsilon or v_prediction, overriding detection."),
+              config: Optional[Path] = typer.Option(
+                  None, "--config",
+                  help="Stable Diffusion single file only: a diffusers folder whose configs fit "
+                       "it (default: the shipped SD 1.5 / 2.1 / XL configs).")
               ) -> None:
     """Validate a local model and register it with the SHA-256 of each file."""
-    entry = Registry().add(path, name=name, trust_pickle=trust_pickle)
+    entry = Registry().add(path, name=name, trust_pickle=trust_pickle,
+                           prediction_type=prediction_type, config=config)
     console.print(f"[green]registered[/] {entry.name} ({entry.family}, {len(entry.files)} files, "
                   f"{_megabytes(entry.size_bytes())}) from {entry.path}")
 

@@ -1,11 +1,15 @@
 """ControlNet as a denoiser wrapper: D'(x, sigma) adds ControlNets' residuals to the UNet's skips.
 
 `ControlledDenoiser(denoiser, controls, sigmas)` is itself a denoiser, so every sampler, CFG
-and inpainting get control unchanged. Each control is one ControlNet with its condition image,
-a scale and an active window. As in diffusers' `control_guidance_start/end`, step i of N is
-controlled when i/N >= start and (i+1)/N <= end; the step of an evaluation is read off its noise
-level in the schedule the sampler runs (Heun's second evaluation at sigma_{i+1} counts as step
-i+1). Several controls add their scaled residuals, like diffusers' MultiControlNet. Where no
+and inpainting get control unchanged. It wraps any denoiser that says what its network sees
+(`control_inputs(x, sigma) -> (network input, timestep)`): our EDM denoiser (c_in x plus the
+UNet's coordinate channels, c_noise) and the discrete eps/v adapters of Stable Diffusion
+(x / sqrt(sigma^2 + 1), the continuous timestep); the residuals reach the network as diffusers'
+`down_block_additional_residuals` / `mid_block_additional_residual`. Each control is one
+ControlNet with its condition image, a scale and an active window. As in diffusers'
+`control_guidance_start/end`, step i of N is controlled when i/N >= start and (i+1)/N <= end; the
+step of an evaluation is read off its noise level in the schedule the sampler runs (Heun's second
+evaluation at sigma_{i+1} counts as step i+1). Several controls add their scaled residuals, like diffusers' MultiControlNet. Where no
 control is active (scale 0, outside every window) the wrapped denoiser runs alone, so the result
 is the base model's, bit for bit.
 """
@@ -22,7 +26,6 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError, InputImageError
-from .denoisers import EDMDenoiser, append_dims
 
 
 def check_control_settings(scale: float, start: float, end: float) -> None:
@@ -61,17 +64,17 @@ class Control:
 
 
 class ControlledDenoiser:
-    """A denoiser with ControlNets: the EDM denoiser's UNet gets their residuals on its skips.
+    """A denoiser with ControlNets: the wrapped denoiser's UNet gets their residuals on its skips.
 
     `sigmas` is the schedule the sampler runs (with its final 0); it is needed only when a
     control's window is not the whole run.
     """
 
-    def __init__(self, denoiser: EDMDenoiser, controls: Sequence[Control],
+    def __init__(self, denoiser: Any, controls: Sequence[Control],
                  sigmas: torch.Tensor | None = None):
-        if not hasattr(denoiser, "network") or not hasattr(denoiser.network, "network_input"):
-            raise ConfigError("control needs an imagesynth EDM denoiser (a TextConditionedUNet "
-                              "inside EDMDenoiser)", field="denoiser")
+        if not callable(getattr(denoiser, "control_inputs", None)):
+            raise ConfigError("control needs an imagesynth denoiser (EDMDenoiser or a discrete "
+                              "eps/v adapter) that exposes its network input", field="denoiser")
         windowed = any((c.start, c.end) != (0.0, 1.0) for c in controls)
         if windowed and sigmas is None:
             raise ConfigError("a control window needs the sampling schedule", field="sigmas",
@@ -100,8 +103,10 @@ class ControlledDenoiser:
         """Sum over the active controls of weight x (down residuals, mid residual)."""
         from ..nets.controlnet import controlnet_residuals
 
-        _, _, c_in, c_noise = self.denoiser.scalings(sigma)
-        network_input = self.denoiser.network.network_input(x * append_dims(c_in, x.ndim))
+        network_input, timestep = self.denoiser.control_inputs(x, sigma)
+        # SDXL's pooled text and size conditioning go to its ControlNet as to its UNet.
+        added = ({"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}
+                 if cond.get("text_embeds") is not None else None)
         down_total: list[torch.Tensor] | None = None
         mid_total = None
         for control, per_sample in zip(self.controls, weights):
@@ -111,11 +116,11 @@ class ControlledDenoiser:
             if image.shape[0] == 1 and x.shape[0] > 1:
                 image = image.expand(x.shape[0], -1, -1, -1)
             down, mid = controlnet_residuals(
-                control.controlnet, network_input, c_noise, cond["encoder_hidden_states"],
-                cond.get("encoder_attention_mask"), image)
+                control.controlnet, network_input, timestep, cond["encoder_hidden_states"],
+                cond.get("encoder_attention_mask"), image, added_cond_kwargs=added)
             # One scale for the batch multiplies by a number, as diffusers' conditioning_scale does.
             weight: float | torch.Tensor = per_sample[0] if len(set(per_sample)) == 1 else \
-                torch.tensor(per_sample, dtype=x.dtype, device=x.device)[:, None, None, None]
+                torch.tensor(per_sample, dtype=mid.dtype, device=x.device)[:, None, None, None]
             down = [d * weight for d in down]
             mid = mid * weight
             if down_total is None:

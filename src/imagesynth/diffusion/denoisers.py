@@ -43,6 +43,14 @@ class EDMDenoiser(nn.Module):
         c_noise = sigma.log() / 4
         return c_skip, c_out, c_in, c_noise
 
+    def control_inputs(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(network input, timestep) a ControlNet beside this network sees: c_in x with whatever
+        the network appends itself (coordinate channels), and c_noise."""
+        _, _, c_in, c_noise = self.scalings(sigma)
+        scaled = x * append_dims(c_in, x.ndim)
+        network_input = getattr(self.network, "network_input", None)
+        return (scaled if network_input is None else network_input(scaled)), c_noise
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, **cond: Any) -> torch.Tensor:
         """Denoised estimate x0_hat of x at noise level sigma [B]."""
         c_skip, c_out, c_in, c_noise = self.scalings(sigma)
@@ -103,11 +111,15 @@ class DiscreteDenoiser(nn.Module):
         w = ((low - log_sigma) / (low - high)).clamp(0, 1)
         return ((1 - w) * low_idx + w * (low_idx + 1)).view(sigma.shape)
 
-    def _call_network(self, x: torch.Tensor, sigma: torch.Tensor, **cond: Any) -> torch.Tensor:
+    def control_inputs(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(network input, timestep) the network (and a ControlNet beside it) sees at sigma."""
         # The network saw x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, i.e. our x scaled by 1/sqrt(sigma^2 + 1).
         c_in = append_dims(1 / (sigma ** 2 + 1) ** 0.5, x.ndim)
-        t = self.sigma_to_t(sigma).to(x.dtype)
-        return _network_output(self.network(x * c_in, t, **cond))
+        return x * c_in, self.sigma_to_t(sigma).to(x.dtype)
+
+    def _call_network(self, x: torch.Tensor, sigma: torch.Tensor, **cond: Any) -> torch.Tensor:
+        network_input, t = self.control_inputs(x, sigma)
+        return _network_output(self.network(network_input, t, **cond))
 
 
 class DiscreteEpsDenoiser(DiscreteDenoiser):

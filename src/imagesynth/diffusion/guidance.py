@@ -147,10 +147,14 @@ class CLIPGuidance:
     """
 
     def __init__(self, denoiser: Callable[..., torch.Tensor], scorer: Scorer,
-                 prompts: Sequence[str], guidance_scale: float, generator: torch.Generator, *,
+                 prompts: Sequence[str], guidance_scale: float,
+                 generator: torch.Generator | Sequence[torch.Generator], *,
                  cut_size: int = 224, num_cutouts: int = 16, cut_power: float = 1.0,
                  to_image: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  through_denoiser: bool = True):
+        """`generator` is one generator (cutouts shared by the batch, target = mean of the
+        prompts' embeddings) or one per sample: then sample i gets its own cutouts from
+        `generator[i]` and prompts[i] as its target, so a batch never changes an image."""
         if not isinstance(scorer, Scorer):
             raise ConfigError("must provide embed_text(list[str]) and embed_image(images)", field="scorer")
         if not prompts:
@@ -160,8 +164,14 @@ class CLIPGuidance:
         if num_cutouts < 1 or cut_size < 1:
             raise ConfigError("num_cutouts and cut_size must be >= 1", field="num_cutouts")
         self.denoiser, self.scorer, self.generator = denoiser, scorer, generator
+        self.per_sample = not isinstance(generator, torch.Generator)
+        if self.per_sample and len(generator) != len(prompts):
+            raise ConfigError(f"{len(generator)} generators for {len(prompts)} prompts",
+                              field="prompts", fix="give one prompt per generator")
         with torch.no_grad():
-            self.target = F.normalize(scorer.embed_text(list(prompts)).mean(0, keepdim=True), dim=-1)
+            embedded = scorer.embed_text(list(prompts))
+            self.target = F.normalize(embedded if self.per_sample
+                                      else embedded.mean(0, keepdim=True), dim=-1)
         self.guidance_scale = guidance_scale
         self.cut_size, self.num_cutouts, self.cut_power = cut_size, num_cutouts, cut_power
         # Denoised pixels live in [-1, 1]; the scorer wants [0, 1]. Latent models pass a decoder here.
@@ -170,11 +180,18 @@ class CLIPGuidance:
 
     def loss(self, denoised: torch.Tensor) -> torch.Tensor:
         """Per-sample guidance loss [B]: mean spherical distance of the cutouts' embeddings to the prompt."""
+        if self.per_sample:
+            return torch.cat([self._loss(denoised[i:i + 1], self.generator[i], self.target[i:i + 1])
+                              for i in range(denoised.shape[0])])
+        return self._loss(denoised, self.generator, self.target)
+
+    def _loss(self, denoised: torch.Tensor, generator: torch.Generator,
+              target: torch.Tensor) -> torch.Tensor:
         batch = denoised.shape[0]
-        cutouts = make_cutouts(self.to_image(denoised), self.cut_size, self.num_cutouts, self.generator,
+        cutouts = make_cutouts(self.to_image(denoised), self.cut_size, self.num_cutouts, generator,
                                self.cut_power)
         embeddings = self.scorer.embed_image(cutouts)  # [num_cutouts * B, D]
-        distances = spherical_distance_loss(embeddings, self.target.to(embeddings))
+        distances = spherical_distance_loss(embeddings, target.to(embeddings))
         return distances.view(self.num_cutouts, batch).mean(0)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond: Any) -> torch.Tensor:

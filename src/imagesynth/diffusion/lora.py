@@ -287,9 +287,10 @@ def lora_recipe(loras: Sequence[tuple[LoraFile, float]]) -> list[dict[str, Any]]
             for lora, weight in loras]
 
 
-def loras_from_recipe(entries: Sequence[dict]) -> list[tuple[LoraFile, float]]:
-    """Read a recipe's LoRAs back, refusing a missing or changed file (one line, field `lora`)."""
-    loaded = []
+def lora_paths_from_recipe(entries: Sequence[dict]) -> list[tuple[Path, float]]:
+    """A recipe's LoRA files and weights, refusing a missing or changed file (one line, field
+    `lora`); each pipeline reads the files its own way (Stable Diffusion: `sd.lora`)."""
+    checked = []
     for entry in entries:
         path = Path(entry["file"])
         if not path.is_file():
@@ -299,8 +300,13 @@ def loras_from_recipe(entries: Sequence[dict]) -> list[tuple[LoraFile, float]]:
             raise IntegrityError(f"{path.name} changed since the image was made (SHA-256 "
                                  "differs)", field="lora",
                                  fix="restore the file the image was made with")
-        loaded.append((read_lora(path), float(entry["weight"])))
-    return loaded
+        checked.append((path, float(entry["weight"])))
+    return checked
+
+
+def loras_from_recipe(entries: Sequence[dict]) -> list[tuple[LoraFile, float]]:
+    """Read a recipe's LoRAs back, refusing a missing or changed file (one line, field `lora`)."""
+    return [(read_lora(path), weight) for path, weight in lora_paths_from_recipe(entries)]
 
 
 def lora_state_dict(unet: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:

@@ -79,15 +79,24 @@ def text_mask_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tenso
 
 
 def controlnet_residuals(controlnet: ControlNetModel, network_input: torch.Tensor,
-                         c_noise: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                         timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                          encoder_attention_mask: torch.Tensor | None,
-                         control_image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """(down residuals, mid residual) of one ControlNet at conditioning scale 1."""
-    kwargs = {}
-    bias = text_mask_bias(encoder_attention_mask, network_input.dtype)
+                         control_image: torch.Tensor,
+                         added_cond_kwargs: dict[str, torch.Tensor] | None = None
+                         ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(down residuals, mid residual) of one ControlNet at conditioning scale 1, in its dtype.
+
+    `added_cond_kwargs` is SDXL's pooled text and size conditioning, as its UNet gets it.
+    """
+    dtype = controlnet.dtype  # a half-precision ControlNet beside a half-precision UNet
+    kwargs: dict = {}
+    bias = text_mask_bias(encoder_attention_mask, dtype)
     if bias is not None:
         kwargs["cross_attention_kwargs"] = {"text_mask_bias": bias}
-    down, mid = controlnet(network_input, c_noise, encoder_hidden_states=encoder_hidden_states,
-                           controlnet_cond=control_image, conditioning_scale=1.0,
+    if added_cond_kwargs is not None:
+        kwargs["added_cond_kwargs"] = {k: v.to(dtype) for k, v in added_cond_kwargs.items()}
+    down, mid = controlnet(network_input.to(dtype), timestep,
+                           encoder_hidden_states=encoder_hidden_states.to(dtype),
+                           controlnet_cond=control_image.to(dtype), conditioning_scale=1.0,
                            return_dict=False, **kwargs)
     return list(down), mid

@@ -111,17 +111,26 @@ class Studio:
         """Bundled and registered models with their cards (cached a few seconds; no paths)."""
         if time.monotonic() - self._models[0] < 5:
             return self._models[1]
-        from ..registry import Registry
+        from ..registry import SD_FAMILY, Registry
 
         models = []
         for entry in Registry().entries():
-            try:
-                config = entry.config()
-            except (OSError, ValueError):
-                continue
-            card_path = entry.root / "CARD.md" if entry.root.is_dir() else None
-            card = card_path.read_text(errors="replace")[:MAX_CARD_CHARS] \
-                if card_path is not None and card_path.is_file() else ""
+            if entry.family == SD_FAMILY:  # a user's Stable Diffusion: generated like ours
+                from ..sd.pipeline import DEFAULTS
+
+                details = entry.details
+                config = {"family": "diffusion", "image_size": details.get("resolution"),
+                          "diffusion": DEFAULTS}
+                card = (f"Stable Diffusion ({details.get('arch')}, "
+                        f"{details.get('prediction')}, {details.get('text_encoder')})")
+            else:
+                try:
+                    config = entry.config()
+                except (OSError, ValueError):
+                    continue
+                card_path = entry.root / "CARD.md" if entry.root.is_dir() else None
+                card = card_path.read_text(errors="replace")[:MAX_CARD_CHARS] \
+                    if card_path is not None and card_path.is_file() else ""
             diffusion = config.get("diffusion", {})
             models.append({"name": entry.name, "family": config.get("family", entry.family),
                            "source": entry.source, "image_size": config.get("image_size"),

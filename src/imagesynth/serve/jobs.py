@@ -154,6 +154,13 @@ def parse_job(body: Any, known_models: set[str]) -> tuple[str, Any]:
     return kind, config
 
 
+def _is_registered(name: str) -> bool:
+    """True when `name` is a bundled or registered model's name (not a path or a spec)."""
+    from ..registry import Registry
+
+    return any(entry.name == name for entry in Registry().entries())
+
+
 def check_references(kind: str, config: Any) -> None:
     """Image fields must be `upload:ID` / `image:ID` references: no path reaches the disk."""
     if kind == "generate" and config.lora:  # LoRA fields are file paths
@@ -163,6 +170,10 @@ def check_references(kind: str, config: Any) -> None:
         raise ConfigError("the studio does not open ControlNet maps or folders by path",
                           field="control_image" if config.control_image else "control_model",
                           fix="use `imagesynth generate --control-image MAP --control-model DIR`")
+    if kind == "generate" and config.clip_model and not _is_registered(config.clip_model):
+        raise ConfigError("must be a bundled or registered CLIP name: the studio opens no "
+                          "model by path", field="clip_model",
+                          fix="register it with `imagesynth models add`, or use the CLI")
     for name in IMAGE_FIELDS.get(kind, ()):
         value = getattr(config, name)
         if value is not None and not REFERENCE.match(value):
