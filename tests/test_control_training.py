@@ -161,7 +161,8 @@ def test_control_map_command_writes_edges_and_scribbles(trained, tmp_path):
 
 
 @pytest.mark.parametrize("field, config", [
-    ("control_image", {"control_image": ["/etc/hosts"], "control_model": ["/tmp"]}),
+    ("control_image[0]", {"control_image": ["/etc/hosts"], "control_model": ["/tmp"]}),
+    ("control_model[0]", {"control_image": ["upload:" + "a" * 32], "control_model": ["/tmp"]}),
     ("lora", {"lora": ["x.safetensors"]})])
 def test_studio_jobs_refuse_file_paths_of_controlnets_and_loras(field, config):
     from imagesynth.serve.jobs import parse_job

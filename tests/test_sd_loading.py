@@ -151,8 +151,21 @@ def test_the_studio_lists_and_runs_a_registered_stable_diffusion_model(sd1_folde
         assert listed["tiny-sd"]["family"] == "diffusion"
         assert listed["tiny-sd"]["image_size"] == 64 and "sd1" in listed["tiny-sd"]["card"]
         job = server.wait(server.submit("generate", {"prompt": "a (red:1.2) circle",
-                                                     "model": "tiny-sd", "steps": 2}))
+                                                     "model": "tiny-sd", "steps": 2,
+                                                     "width": 96, "height": 64}))
         assert job["state"] == "done", job
+        # the A1111-compatible route passes any multiple of 8 through for SD models
+        response = server.post("/sdapi/v1/txt2img", {"prompt": "a red circle", "steps": 2,
+                                                     "width": 80, "height": 48,
+                                                     "override_settings":
+                                                         {"sd_model_checkpoint": "tiny-sd"}})
+        assert response.status_code == 200, response.text
+        from PIL import Image
+        import base64
+        import io
+
+        image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
+        assert image.size == (80, 48)
     finally:
         server.stop()
 

@@ -135,3 +135,25 @@ def test_a_folder_loads_through_the_registry_and_reproduces(tmp_path):
     out = tmp_path / "out.png"
     save_png(result.images[0], out, result.recipes[0])
     assert reproduce_image(out).identical
+
+
+def test_width_and_height_equal_diffusers_for_sdxl():
+    pipe = tiny_pipeline("sdxl")
+    # SDXL reads the size twice: the latent shape and add_time_ids (height, width)
+    expected = pipe("a red circle", num_inference_steps=3, guidance_scale=4.0,
+                    generator=generator(7), height=48, width=80, output_type="latent").images
+    result = ours_over(pipe, "sdxl")("a red circle", seed=7, num_steps=3, sampler="euler",
+                                     guidance_scale=4.0, size=(80, 48))
+    assert result.samples.shape == expected.shape == (1, 4, 6, 10)
+    assert (result.samples - expected).abs().max() < TOLERANCE
+    assert result.images[0].size == (80, 48) and result.recipes[0]["size"] == [80, 48]
+
+
+def test_non_square_img2img_and_refusals():
+    ours = ours_over(tiny_pipeline("sd1"), "sd1")
+    result = ours("a red circle", seed=0, num_steps=4, size=(96, 64), init_image=init_image(),
+                  strength=0.5)
+    assert result.images[0].size == (96, 64)
+    with pytest.raises(ConfigError) as error:
+        ours("a red circle", size=(96, 60), num_steps=2)
+    assert error.value.field == "size"

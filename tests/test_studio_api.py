@@ -274,6 +274,111 @@ def test_invalid_jobs_are_422_naming_the_field(studio, config, field):
     assert response.json()["error"]["field"] == field
 
 
+def _layout_map(side: int = 32) -> bytes:
+    """A drawn layout map: the prompt's first object (red code) left, its second (green) right."""
+    from PIL import ImageDraw
+
+    from imagesynth.data.conditions import LAYOUT_CODES
+
+    image = Image.new("RGB", (side, side))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((2, 9, 14, 21), fill=LAYOUT_CODES[0])
+    draw.rectangle((18, 9, 29, 20), fill=LAYOUT_CODES[1])
+    return png_bytes(image)
+
+
+def test_a_controlnet_job_on_shapes_records_the_map_and_reproduces(studio):
+    """The bundled layout ControlNet on the bundled 32 px `shapes` model, map uploaded."""
+    import hashlib
+
+    layout = _layout_map()
+    upload = _upload(studio, layout)
+    base = {"prompt": "a red circle to the left of a blue square", "model": "shapes",
+            "steps": 4, "seed": 21}
+    controlled = _generate(studio, **base, control_image=[upload["ref"]],
+                           control_model=["shapes-control"], control_scale=[1.0],
+                           control_start=[0.0], control_end=[1.0])
+    plain = _generate(studio, **base)
+    image_id = controlled["result"]["images"][0]
+    recipe = studio.get(f"/api/images/{image_id}/recipe").json()["recipe"]
+    [entry] = recipe["controls"]
+    shapes = {m["name"]: m for m in studio.get("/api/models").json()["models"]}
+    assert entry["model"] == "shapes-control" and entry["condition"] == "layout"
+    assert entry["model_hash"] == shapes["shapes-control"]["sha256"]
+    assert (entry["scale"], entry["start"], entry["end"]) == (1.0, 0.0, 1.0)
+    rgb = Image.open(__import__("io").BytesIO(layout)).convert("RGB").tobytes()
+    assert entry["image_hash"] == hashlib.sha256(rgb).hexdigest()
+    assert controlled["config"]["control_image"] == [upload["ref"]]
+    assert "controls" not in studio.get(
+        f"/api/images/{plain['result']['images'][0]}/recipe").json()["recipe"]
+    # the map steers: same prompt and seed, other pixels
+    assert pixels(studio.get(f"/api/images/{image_id}").content) != pixels(
+        studio.get(f"/api/images/{plain['result']['images'][0]}").content)
+    # reproduce takes the map like the CLI's --control-image; without it, the field is named
+    response = studio.post(f"/api/images/{image_id}/reproduce",
+                           {"control_image": [upload["ref"]]})
+    assert response.status_code == 202, response.text
+    reproduced = studio.wait(response.json()["id"])
+    assert reproduced["state"] == "done" and reproduced["result"]["identical"] is True, reproduced
+    without = studio.wait(studio.post(f"/api/images/{image_id}/reproduce").json()["id"])
+    assert without["state"] == "failed" and without["error"]["field"] == "control_image"
+    assert "--" not in without["error"]["message"] + (without["error"]["fix"] or "")
+
+
+def test_models_list_the_controlnet_with_its_condition_and_base(studio):
+    models = {m["name"]: m for m in studio.get("/api/models").json()["models"]}
+    control = models["shapes-control"]
+    assert control["family"] == "controlnet" and control["condition"] == "layout"
+    assert control["base_sha256"] == models["shapes"]["sha256"]
+    fields = {f["name"]: f for f in studio.get("/api/schema").json()["kinds"]["generate"][
+        "fields"]}
+    assert fields["control_image"]["kind"] == "images"
+    assert fields["control_model"]["kind"] == fields["clip_model"]["kind"] == "model"
+    assert fields["control_model"]["families"][0] == "controlnet"
+    assert fields["clip_model"]["families"] == ["clip"]
+
+
+MAP = "upload:" + "b" * 32  # well-formed, but no such upload
+
+
+@pytest.mark.parametrize("extra, field", [
+    ({"control_image": ["MAP"], "control_model": ["/opt/models/shapes-control"]},
+     "control_model[0]"),
+    ({"control_image": ["MAP"], "control_model": ["../shapes-control"]}, "control_model[0]"),
+    ({"control_image": ["MAP"], "control_model": ["shapes"]}, "control_model[0]"),
+    ({"control_image": ["MAP"], "control_model": ["shapes-clip"]}, "control_model[0]"),
+    ({"control_image": ["/etc/hosts"], "control_model": ["shapes-control"]}, "control_image[0]"),
+    ({"control_image": ["layout.png"], "control_model": ["shapes-control"]}, "control_image[0]"),
+    ({"control_image": [MAP], "control_model": ["shapes-control"]}, "control_image[0]"),
+    ({"control_model": ["shapes-control"]}, "control_model"),
+    ({"clip_guidance": 1.0, "clip_model": "/tmp/clip"}, "clip_model"),
+    ({"clip_guidance": 1.0, "clip_model": "hf:/tmp/clip"}, "clip_model"),
+    ({"clip_guidance": 1.0, "clip_model": "shapes"}, "clip_model"),
+    ({"lora": ["style.safetensors"]}, "lora"),
+])
+def test_controlnet_and_clip_fields_take_references_and_model_names_only(studio, extra, field):
+    if extra.get("control_image") == ["MAP"]:  # a real upload, so only the model is at fault
+        extra = {**extra, "control_image": [_upload(studio, _layout_map())["ref"]]}
+    response = studio.post("/api/jobs", {"kind": "generate", "config": {
+        "prompt": "a red circle", "model": "shapes", "steps": 2, **extra}})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and "\n" not in error["message"] and error["fix"]
+
+
+def test_a_controlnet_for_other_weights_is_422_before_queueing(studio):
+    """`shapes-control` is tied to the `shapes` weights by hash: on `tiny` it is refused now."""
+    before = studio.get("/api/jobs?limit=500").json()["queue"]
+    response = studio.post("/api/jobs", {"kind": "generate", "config": {
+        "prompt": "a red circle", "model": "tiny", "control_image": [
+            _upload(studio, _random_png(3))["ref"]], "control_model": ["shapes-control"]}})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == "control_model[0]"
+    assert "shapes" in error["message"] and "tiny" in error["message"]
+    assert studio.get("/api/jobs?limit=500").json()["queue"] == before
+
+
 def _reproduce_all(studio, job: dict) -> None:
     for image_id in job["result"]["images"]:
         response = studio.post(f"/api/images/{image_id}/reproduce")

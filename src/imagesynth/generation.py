@@ -45,6 +45,10 @@ class GenerateConfig:
     size: int | None = field(default=None, metadata=_help(
         "Image side in pixels: the training size for imagesynth models, any multiple of 8 for "
         "Stable Diffusion."))
+    width: int | None = field(default=None, metadata=_help(
+        "Image width (Stable Diffusion: any multiple of 8); give it with height."))
+    height: int | None = field(default=None, metadata=_help(
+        "Image height (Stable Diffusion: any multiple of 8); give it with width."))
     guidance_rescale: float = field(default=0.0, metadata=_help(
         "CFG rescale in [0, 1] (Lin et al. 2023; ~0.7 against over-exposure)."))
     clip_guidance: float = field(default=0.0, metadata=_help(
@@ -106,6 +110,16 @@ class GenerateConfig:
                               fix="0 ignores the prompt, 1 is plain conditioning, 2-5 is typical")
         if self.size is not None and not 1 <= self.size <= 4096:
             raise ConfigError(f"must be between 1 and 4096, got {self.size}", field="size")
+        if (self.width is None) != (self.height is None):
+            raise ConfigError("width and height go together", field="width" if self.width is None
+                              else "height", fix="give both --width and --height, or --size")
+        if self.width is not None:
+            if self.size is not None:
+                raise ConfigError("give --size or --width/--height, not both", field="size")
+            for name in ("width", "height"):
+                if not 1 <= getattr(self, name) <= 4096:
+                    raise ConfigError(f"must be between 1 and 4096, got {getattr(self, name)}",
+                                      field=name)
         if not (math.isfinite(self.guidance_rescale) and 0 <= self.guidance_rescale <= 1):
             raise ConfigError(f"must be in [0, 1], got {self.guidance_rescale}",
                               field="guidance_rescale", fix="0 is off; ~0.7 as the paper suggests")
@@ -130,7 +144,7 @@ class GenerateConfig:
 
             for spec in self.lora:
                 parse_lora_spec(spec)
-        self.controls()  # checks counts, scales and windows (one line naming the field)
+        self._control_settings()  # counts, scales, windows (one line naming the field)
         if self.outpaint is not None:
             if self.init_image is None or self.mask is not None:
                 raise ConfigError("outpainting extends an init image and paints its own mask",
@@ -142,6 +156,17 @@ class GenerateConfig:
 
     def controls(self, resolve: Callable[[str, str], Any] | None = None) -> list:
         """The ControlNets to apply, as `ControlInput`s (maps through `resolve`, if given)."""
+        settings = self._control_settings()
+        if not settings:
+            return []
+        from .families.controlnet import ControlInput  # imports diffusers: only when used
+
+        return [ControlInput(resolve(image, "control_image") if resolve else image, model,
+                             scale, start, end) for image, model, scale, start, end in settings]
+
+    def _control_settings(self) -> list[tuple]:
+        """(map, model, scale, start, end) per control image, checked without importing the
+        ControlNet code (a studio validates every job it queues with this)."""
         count = len(self.control_image)
         options = {"control_model": self.control_model, "control_scale": self.control_scale,
                    "control_start": self.control_start, "control_end": self.control_end}
@@ -160,19 +185,16 @@ class GenerateConfig:
                 raise ConfigError(f"has {len(values)} values for {count} control images",
                                   field=name, fix="give one value for all, or one per image")
         from .diffusion.control import check_control_settings
-        from .families.controlnet import ControlInput
 
         pick = lambda values, i, default: values[i if len(values) > 1 else 0] if values \
             else default  # noqa: E731
-        controls = []
+        settings = []
         for i, image in enumerate(self.control_image):
             scale, start = pick(self.control_scale, i, 1.0), pick(self.control_start, i, 0.0)
             end = pick(self.control_end, i, 1.0)
             check_control_settings(scale, start, end)
-            source = resolve(image, "control_image") if resolve else image
-            controls.append(ControlInput(source, pick(self.control_model, i, None), scale,
-                                         start, end))
-        return controls
+            settings.append((image, pick(self.control_model, i, None), scale, start, end))
+        return settings
 
 
 def parse_borders(text: str | None) -> tuple[int, int, int, int] | None:
@@ -206,7 +228,9 @@ def generate(config: GenerateConfig, *, pipe=None, callback: Callable | None = N
     loras = [(spec.path, spec.weight) for spec in map(parse_lora_spec, config.lora)]
     return pipe(config.prompt, seed=config.seed, negative_prompt=config.negative,
                 num_images=config.n, num_steps=config.steps, sampler=config.sampler,
-                guidance_scale=config.guidance, size=config.size, init_image=init,
+                guidance_scale=config.guidance,
+                size=(config.width, config.height) if config.width else config.size,
+                init_image=init,
                 strength=config.strength, mask=mask, mask_blur=config.mask_blur,
                 outpaint=config.outpaint, callback=callback, expand=config.expand,
                 loras=loras, controls=config.controls(resolve),
@@ -277,6 +301,10 @@ def reproduce_image(image: str | Path | bytes, *, init_image=None, mask=None, pi
         from .guided import reproduce_from_recipe
 
         return compare_images(original, reproduce_from_recipe(recipe), recipe)
+    if recipe.get("kind") == "edit-clip":  # written by `imagesynth edit-clip`: invert and edit
+        from .guided.edit_clip import reproduce_edit_clip
+
+        return compare_images(original, reproduce_edit_clip(recipe), recipe)
     if recipe.get("kind") == "sample":  # written by `imagesynth sample` (any family)
         from .families.sampling import replay
 
@@ -307,7 +335,7 @@ def reproduce_image(image: str | Path | bytes, *, init_image=None, mask=None, pi
     result = pipe(recipe["prompt"], seed=recipe["seed"],
                   negative_prompt=recipe.get("negative_prompt", ""), num_steps=recipe["steps"],
                   sampler=recipe["sampler"], guidance_scale=recipe["guidance_scale"],
-                  size=recipe["size"][0], init_image=init_image,
+                  size=tuple(recipe["size"]), init_image=init_image,
                   strength=recipe.get("strength") or 0.6, mask=mask,
                   mask_blur=recipe.get("mask_blur", 0.0),
                   outpaint=tuple(outpaint) if outpaint else None, loras=loras,

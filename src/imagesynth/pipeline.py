@@ -28,6 +28,17 @@ from .registry import SD_FAMILY, Registry
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
 SCHEDULE = {"schedule": "karras", "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "rho": RHO}
 ImageInput = str | Path | bytes | Image.Image
+#: an image size: a side (square) or (width, height)
+Size = int | tuple[int, int]
+
+
+def size_pair(size: Size) -> tuple[int, int]:
+    """(width, height) of a side or a (width, height) pair."""
+    if isinstance(size, (tuple, list)):
+        if len(size) != 2:
+            raise ConfigError(f"{size!r} is not (width, height)", field="size")
+        return int(size[0]), int(size[1])
+    return int(size), int(size)
 
 
 @dataclass
@@ -137,8 +148,8 @@ class DiffusionPipeline:
         """Standard deviation of the starting noise of text-to-image sampling over `sigmas`."""
         return sigmas[0]
 
-    def latent_shape(self, size: int) -> tuple[int, int, int]:
-        """Shape [C, h, w] the denoiser samples for an image of side `size`."""
+    def latent_shape(self, size: Size) -> tuple[int, int, int]:
+        """Shape [C, h, w] the denoiser samples for an image of `size`."""
         return self.sample_shape
 
     def schedule_recipe(self) -> dict[str, Any]:
@@ -155,9 +166,8 @@ class DiffusionPipeline:
         from .diffusion import InpaintDenoiser
 
         z0 = self._encode_image(x0, generators)
-        side = template.shape[-1]
-        if side != mask.shape[-1]:  # latent model: the mask covers latent cells
-            mask = torch.nn.functional.interpolate(mask, size=(side, side), mode="area")
+        if template.shape[-2:] != mask.shape[-2:]:  # latent model: the mask covers latent cells
+            mask = torch.nn.functional.interpolate(mask, size=template.shape[-2:], mode="area")
         inpaint = InpaintDenoiser(guided(), z0, mask, generators, mask_blur)
         sigmas = self.sigmas(num_steps)
         return sample(inpaint, inpaint.start(sigmas[0], generators), sigmas,
@@ -283,7 +293,7 @@ class DiffusionPipeline:
             mask[i, :n] = 1
         return states.to(self.device), mask.to(self.device)
 
-    def _validate(self, prompts: list[str], num_steps: int, guidance_scale: float, size: int,
+    def _validate(self, prompts: list[str], num_steps: int, guidance_scale: float, size: Size,
                   strength: float, seeds: list[int]) -> None:
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise ConfigError("the prompt is empty", field="prompt",
@@ -294,7 +304,7 @@ class DiffusionPipeline:
                 or guidance_scale < 0:
             raise ConfigError(f"must be a number >= 0, got {guidance_scale!r}", field="guidance",
                               fix="0 ignores the prompt, 1 is plain conditioning, 2-5 is typical")
-        self.check_size(size)
+        self.check_size(*size_pair(size))
         if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise ConfigError(f"must be in (0, 1], got {strength!r}", field="strength")
         if any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2 ** 63
@@ -323,7 +333,7 @@ class DiffusionPipeline:
                                fix="lower the guidance scale")
         return images
 
-    def _init_and_mask(self, init_image: ImageInput | None, mask: ImageInput | None, size: int,
+    def _init_and_mask(self, init_image: ImageInput | None, mask: ImageInput | None, size: Size,
                        outpaint: tuple[int, int, int, int] | None = None
                        ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
         """Init image [1,3,S,S] in [-1,1] and mask [1,1,s,s] in the denoiser's resolution."""
@@ -337,18 +347,22 @@ class DiffusionPipeline:
         if init_image is None:
             return None, None, recipe
         image, recipe["init_image_hash"] = _read_input_image(init_image, "RGB", "init_image")
+        width, height = size_pair(size)
         if outpaint is not None:
-            return self._outpaint_canvas(image, size, outpaint) + (recipe,)
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.LANCZOS)
+            if width != height:
+                raise ConfigError("outpainting makes square images", field="outpaint",
+                                  fix="use one --size for outpainting")
+            return self._outpaint_canvas(image, width, outpaint) + (recipe,)
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.LANCZOS)
         x0 = _to_tensor(image).to(self.device) * 2 - 1
         mask_tensor = None
         if mask is not None:
             mask_image, recipe["mask_hash"] = _read_input_image(mask, "L", "mask")
-            if mask_image.size != (size, size):
+            if mask_image.size != (width, height):
                 raise InputImageError(f"the mask is {mask_image.size[0]}x{mask_image.size[1]}, "
-                                      f"the image {size}x{size}", field="mask",
-                                      fix=f"make the mask {size}x{size} (white = repaint)")
+                                      f"the image {width}x{height}", field="mask",
+                                      fix=f"make the mask {width}x{height} (white = repaint)")
             mask_tensor = _to_tensor(mask_image).to(self.device)
         return x0, mask_tensor, recipe
 
@@ -377,7 +391,7 @@ class DiffusionPipeline:
     def __call__(self, prompt: str | list[str], *, seed: int | list[int] = 0,
                  negative_prompt: str = "", num_images: int = 1, num_steps: int | None = None,
                  sampler: str | None = None, guidance_scale: float | None = None,
-                 size: int | None = None, init_image: ImageInput | None = None,
+                 size: Size | None = None, init_image: ImageInput | None = None,
                  strength: float = 0.6, mask: ImageInput | None = None,
                  mask_blur: float = 0.0, outpaint: tuple[int, int, int, int] | None = None,
                  callback=None, expand: bool = False, loras=None,
@@ -447,8 +461,9 @@ class DiffusionPipeline:
                 return denoiser
             return self._clip_guided(denoiser, scorer, prompts, clip_guidance, clip_cutouts, seeds)
 
-        channels, side, _ = self.latent_shape(size)
-        template = torch.empty(len(seeds), channels, side, side, device=self.device)
+        channels, latent_height, latent_width = self.latent_shape(size)
+        template = torch.empty(len(seeds), channels, latent_height, latent_width,
+                               device=self.device)
 
         if x0 is None:
             sigmas = self.sigmas(num_steps)
@@ -467,7 +482,7 @@ class DiffusionPipeline:
 
         common = {"negative_prompt": negative_prompt, "steps": num_steps, "sampler": sampler_name,
                   "sampler_options": self.schedule_recipe(),
-                  "guidance_scale": guidance_scale, "size": [size, size],
+                  "guidance_scale": guidance_scale, "size": list(size_pair(size)),
                   "model": self.model_name, "model_hash": self.model_hash,
                   "versions": _versions(), "device": str(self.device), "dtype": "float32",
                   "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(

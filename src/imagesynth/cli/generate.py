@@ -42,6 +42,8 @@ def generate(
     sampler: Optional[str] = typer.Option(None, help="euler, heun, euler_ancestral, dpmpp_2m, ddpm (model default if omitted)."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale >= 0 (model default if omitted)."),
     size: Optional[int] = typer.Option(None, help="Image side in pixels: the training size for imagesynth models, any multiple of 8 for Stable Diffusion."),
+    width: Optional[int] = typer.Option(None, help="Image width, with --height (Stable Diffusion: multiples of 8)."),
+    height: Optional[int] = typer.Option(None, help="Image height, with --width."),
     guidance_rescale: float = typer.Option(0.0, help="CFG rescale in [0, 1] (Lin et al. 2023; ~0.7 against over-exposure)."),
     clip_guidance: float = typer.Option(0.0, help="CLIP guidance scale >= 0 (0 = off); needs --clip-model."),
     clip_model: Optional[str] = typer.Option(None, help="CLIP for --clip-guidance: name, folder, hf:FOLDER or openclip:ARCH:WEIGHTS."),
@@ -69,6 +71,7 @@ def generate(
     config = from_dict(GenerateConfig, {
         "prompt": prompt, "model": model, "negative": negative, "seed": seed, "n": n,
         "steps": steps, "sampler": sampler, "guidance": guidance, "size": size,
+        "width": width, "height": height,
         "guidance_rescale": guidance_rescale, "clip_guidance": clip_guidance,
         "clip_model": clip_model, "clip_cutouts": clip_cutouts,
         "init_image": str(init_image) if init_image else None, "strength": strength,

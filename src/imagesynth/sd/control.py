@@ -232,18 +232,21 @@ def load_sd_controlnet(spec: str | Path, unet, device: torch.device | str = "cpu
 
 # ------------------------------------------------------------------------------ generation
 
-def control_image_for_sd(image, size: int, vae_scale_factor: int) -> torch.Tensor:
+def control_image_for_sd(image, size, vae_scale_factor: int) -> torch.Tensor:
     """A condition map as diffusers' ControlNet pipelines prepare it: RGB, resized to the output
-    size, [1, 3, size, size] in [0, 1]."""
+    size (a side or (width, height)), [1, 3, height, width] in [0, 1]."""
     from diffusers.image_processor import VaeImageProcessor
 
+    from ..pipeline import size_pair
+
+    width, height = size_pair(size)
     processor = VaeImageProcessor(vae_scale_factor=vae_scale_factor, do_convert_rgb=True,
                                   do_normalize=False)
-    return processor.preprocess(image, height=size, width=size).float()
+    return processor.preprocess(image, height=height, width=width).float()
 
 
 def sd_controlled_denoiser(denoiser, controls: Sequence, schedule: torch.Tensor, *, unet,
-                           size: int, vae_scale_factor: int, device: torch.device | str = "cpu",
+                           size, vae_scale_factor: int, device: torch.device | str = "cpu",
                            cache: dict | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """`denoiser` under `controls` (`ControlInput`s) as a `ControlledDenoiser`, and the recipe
     entry of each control (map hash, ControlNet reference and weights hash, scale, window)."""

@@ -116,14 +116,14 @@ class SDPipeline(DiffusionPipeline):
                 raise ConfigError(f"{side} is not a multiple of {factor}", field="size",
                                   fix=f"use a multiple of {factor} up to 4096, e.g. "
                                       f"{self.image_size}")
-        if width != height:
-            raise ConfigError(f"{width}x{height} is not square", field="size",
-                              fix="give one side: images are square for now")
 
-    def latent_shape(self, size: int) -> tuple[int, int, int]:
-        """Latents [4, size/8, size/8] for an image of side `size`."""
-        side = size // self.vae_scale_factor
-        return int(self.unet.config.out_channels), side, side
+    def latent_shape(self, size) -> tuple[int, int, int]:
+        """Latents [4, height/8, width/8] for an image of `size` (a side or (width, height))."""
+        from ..pipeline import size_pair
+
+        width, height = size_pair(size)
+        factor = self.vae_scale_factor
+        return int(self.unet.config.out_channels), height // factor, width // factor
 
     def _euler_scheduler(self, num_steps: int):
         from diffusers import EulerDiscreteScheduler
@@ -175,9 +175,12 @@ class SDPipeline(DiffusionPipeline):
                                                 prompt, hidden_state="penultimate")
         return torch.cat([first, second], dim=-1).float(), pooled.float()
 
-    def _time_ids(self, size: int) -> torch.Tensor:
-        # SDXL's micro-conditioning: original size, crop top-left, target size (no crop).
-        return torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
+    def _time_ids(self, size) -> torch.Tensor:
+        # SDXL's micro-conditioning: original (height, width), crop top-left, target (height, width).
+        from ..pipeline import size_pair
+
+        width, height = size_pair(size)
+        return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
 
     def guided_denoiser(self, prompts: list[str], negative_prompt: str, guidance_scale: float,
                         base_denoiser=None, size: int | None = None,

@@ -93,10 +93,12 @@ def _config(body: dict, studio, *, init_ref: str | None = None,
     from .app import ApiError
 
     model = _model_name(body, studio.settings.default_model)
-    size = next((m.get("image_size") for m in studio.models() if m["name"] == model), None)
+    about = next((m for m in studio.models() if m["name"] == model), {})
+    size = about.get("image_size")
+    any_size = about.get("kind") == "stable-diffusion"  # any multiple of 8, checked by the job
     for field in ("width", "height"):
         value = body.get(field)
-        if value is not None and size is not None and value != size:
+        if value is not None and size is not None and value != size and not any_size:
             raise ApiError(422, field, f"{value} is not a size model {model!r} generates",
                            f"send {field}={size} (its training size) or leave it out")
     sampler = body.get("sampler_name") or body.get("sampler_index")
@@ -111,6 +113,9 @@ def _config(body: dict, studio, *, init_ref: str | None = None,
     config = {"prompt": body.get("prompt", ""), "negative": body.get("negative_prompt", "") or "",
               "model": model, "seed": seed, "n": count, "steps": body.get("steps"),
               "guidance": body.get("cfg_scale"), "sampler": ours}
+    if any_size and (body.get("width") or body.get("height")):
+        config["width"] = body.get("width") or size
+        config["height"] = body.get("height") or size
     if init_ref is not None:
         config["init_image"] = init_ref
         if mask_ref is not None:

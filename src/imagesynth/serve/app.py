@@ -120,7 +120,7 @@ class Studio:
 
                 details = entry.details
                 config = {"family": "diffusion", "image_size": details.get("resolution"),
-                          "diffusion": DEFAULTS}
+                          "diffusion": DEFAULTS, "kind": SD_FAMILY}
                 card = (f"Stable Diffusion ({details.get('arch')}, "
                         f"{details.get('prediction')}, {details.get('text_encoder')})")
             else:
@@ -132,18 +132,23 @@ class Studio:
                 card = card_path.read_text(errors="replace")[:MAX_CARD_CHARS] \
                     if card_path is not None and card_path.is_file() else ""
             diffusion = config.get("diffusion", {})
-            models.append({"name": entry.name, "family": config.get("family", entry.family),
-                           "source": entry.source, "image_size": config.get("image_size"),
-                           "default_steps": diffusion.get("default_steps"),
-                           "default_sampler": diffusion.get("default_sampler"),
-                           "default_guidance": diffusion.get("default_guidance"),
-                           "sha256": entry.weights_sha256, "card": card})
+            model = {"name": entry.name, "family": config.get("family", entry.family),
+                     "source": entry.source, "image_size": config.get("image_size"),
+                     "default_steps": diffusion.get("default_steps"),
+                     "default_sampler": diffusion.get("default_sampler"),
+                     "default_guidance": diffusion.get("default_guidance"),
+                     "sha256": entry.weights_sha256, "card": card,
+                     "kind": config.get("kind", config.get("family", entry.family))}
+            if model["family"] == "controlnet":  # which maps it reads, which weights it fits
+                model["condition"] = config.get("condition")
+                model["base_sha256"] = (config.get("base_model") or {}).get("sha256")
+            models.append(model)
         self._models = (time.monotonic(), models)
         return models
 
-    def model_names(self) -> set[str]:
-        """Names a job may use."""
-        return {model["name"] for model in self.models()}
+    def model_families(self) -> dict[str, str]:
+        """Names a job may use, with their families (a ControlNet field takes "controlnet")."""
+        return {model["name"]: model["family"] for model in self.models()}
 
     def check_references_exist(self, kind: str, config) -> None:
         """Every `upload:ID` / `image:ID` in a job names something stored (422 otherwise)."""
@@ -162,10 +167,29 @@ class Studio:
                 raise ApiError(422, name, f"no such image {value!r}",
                                "upload it with POST /api/uploads or pick a gallery image")
 
+    def check_control_bases(self, kind: str, config) -> None:
+        """Each ControlNet was trained for the job's model's weights (else a 422 now, rather
+        than a failed job later)."""
+        if kind != "generate" or not config.control_model:
+            return
+        models = {model["name"]: model for model in self.models()}
+        wanted = (models.get(config.model) or {}).get("sha256")
+        for i, name in enumerate(config.control_model):
+            base = (models.get(name) or {}).get("base_sha256")
+            if base is not None and base != wanted:
+                trained_for = next((m["name"] for m in models.values()
+                                    if m["sha256"] == base and m["family"] != "controlnet"),
+                                   f"weights {base[:12]}")
+                raise ApiError(422, f"control_model[{i}]",
+                               f"{name!r} was trained for {trained_for}, not {config.model}",
+                               f"use model {trained_for}, or a ControlNet trained on "
+                               f"{config.model} (`imagesynth train controlnet`)")
+
     def submit(self, body: object) -> dict:
         """Validate and durably queue a job; the 202 body."""
-        kind, config = parse_job(body, self.model_names())
+        kind, config = parse_job(body, self.model_families())
         self.check_references_exist(kind, config)
+        self.check_control_bases(kind, config)
         job_id = self.store.add_job(kind, config_json(config))
         return {"id": job_id, "kind": kind, "state": "queued"}
 

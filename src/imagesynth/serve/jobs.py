@@ -5,6 +5,8 @@ takes `DreamConfig`, the very configs the CLI builds; the other kinds mirror the
 options. Two rules keep client input away from the file system: image fields hold opaque
 references (`upload:ID` or `image:ID`), never paths, and model fields hold names the registry
 knows (bundled or added with `imagesynth models add`), never folders or `hf:`/`openclip:` specs.
+That covers ControlNet maps (`control_image`) and models (`control_model`) and the CLIP of CLIP
+guidance (`clip_model`); only LoRA, whose files have no registry, stays CLI-only.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,34 +111,49 @@ class ReproduceJob:
         "help": "The init image, when the recipe used one.", "kind": "image"})
     mask: str | None = field(default=None, metadata={
         "help": "The mask, when the recipe used one.", "kind": "image"})
+    control_image: tuple[str, ...] = field(default=(), metadata={
+        "help": "The ControlNet maps, in the recipe's order, when it used any.",
+        "kind": "images"})
 
 
 KINDS: dict[str, type] = {"generate": GenerateConfig, "dream": DreamConfig,
                           "classify": ClassifyJob, "search": SearchJob,
                           "evaluate": EvaluateJob, "reproduce": ReproduceJob}
-#: config fields that name models, per kind (checked against the registry)
-MODEL_FIELDS = {"generate": ("model",), "dream": ("scorer", "held_out_scorer", "decoder",
-                                                  "diffusion_model"),
+#: config fields that name models, per kind (checked against the registry); a tuple-valued
+#: field (`control_model`) names one model per entry
+MODEL_FIELDS = {"generate": ("model", "control_model", "clip_model"),
+                "dream": ("scorer", "held_out_scorer", "decoder", "diffusion_model", "gan"),
                 "classify": ("model",), "search": ("model",)}
+#: the registry families a model field may name, where a wrong one would only fail in the
+#: worker; "unknown": a diffusers ControlNet folder (for Stable Diffusion models) registered with
+#: `imagesynth models add` has no family of ours
+MODEL_FAMILIES = {"generate": {"control_model": ("controlnet", "unknown"),
+                               "clip_model": ("clip",)}}
 #: config fields that hold image references, per kind
 IMAGE_FIELDS = {"generate": ("init_image", "mask"), "dream": ("init_image",),
                 "search": ("image",), "reproduce": ("image", "init_image", "mask")}
-LIST_IMAGE_FIELDS = {"classify": ("images",), "evaluate": ("generated", "reference"),
-                     "dream": ("image_prompts",)}
+LIST_IMAGE_FIELDS = {"generate": ("control_image",), "classify": ("images",),
+                     "evaluate": ("generated", "reference"), "dream": ("image_prompts",),
+                     "reproduce": ("control_image",)}
 
 
 def _extra_choices() -> dict[str, dict[str, tuple[str, ...]]]:
     """Choices of fields whose dataclass carries no metadata (the page renders them as selects)."""
     from ..guided.diffusion_drawer import SAMPLERS
     from ..guided.drawers import DRAWERS
+    from ..guided.gan_drawer import GAN_LATENTS, GAN_STARTS
     from ..guided.loop import LR_SCHEDULES
 
     return {"dream": {"drawer": DRAWERS, "lr_schedule": LR_SCHEDULES,
-                      "diffusion_sampler": tuple(SAMPLERS)}}
+                      "diffusion_sampler": tuple(SAMPLERS), "gan_latent": GAN_LATENTS,
+                      "gan_start": GAN_STARTS}}
 
 
-def parse_job(body: Any, known_models: set[str]) -> tuple[str, Any]:
-    """Validate a job body into (kind, typed config); ConfigError names the field at fault."""
+def parse_job(body: Any, known_models: Mapping[str, str] | set[str]) -> tuple[str, Any]:
+    """Validate a job body into (kind, typed config); ConfigError names the field at fault.
+
+    `known_models` holds the names a job may use; a mapping of name to family also lets
+    `MODEL_FAMILIES` refuse, say, a diffusion model given as the ControlNet."""
     if not isinstance(body, dict):
         raise ConfigError("the body must be a JSON object", field="body",
                           fix='send {"kind": "generate", "config": {"prompt": "..."}}')
@@ -154,26 +172,11 @@ def parse_job(body: Any, known_models: set[str]) -> tuple[str, Any]:
     return kind, config
 
 
-def _is_registered(name: str) -> bool:
-    """True when `name` is a bundled or registered model's name (not a path or a spec)."""
-    from ..registry import Registry
-
-    return any(entry.name == name for entry in Registry().entries())
-
-
 def check_references(kind: str, config: Any) -> None:
     """Image fields must be `upload:ID` / `image:ID` references: no path reaches the disk."""
-    if kind == "generate" and config.lora:  # LoRA fields are file paths
+    if kind == "generate" and config.lora:  # LoRA fields are file paths, with no registry
         raise ConfigError("the studio does not open LoRA files", field="lora",
                           fix="use `imagesynth generate --lora FILE[:WEIGHT]`")
-    if kind == "generate" and (config.control_image or config.control_model):  # paths too
-        raise ConfigError("the studio does not open ControlNet maps or folders by path",
-                          field="control_image" if config.control_image else "control_model",
-                          fix="use `imagesynth generate --control-image MAP --control-model DIR`")
-    if kind == "generate" and config.clip_model and not _is_registered(config.clip_model):
-        raise ConfigError("must be a bundled or registered CLIP name: the studio opens no "
-                          "model by path", field="clip_model",
-                          fix="register it with `imagesynth models add`, or use the CLI")
     for name in IMAGE_FIELDS.get(kind, ()):
         value = getattr(config, name)
         if value is not None and not REFERENCE.match(value):
@@ -191,14 +194,26 @@ def check_references(kind: str, config: Any) -> None:
                                   fix="upload the file with POST /api/uploads")
 
 
-def check_models(kind: str, config: Any, known_models: set[str]) -> None:
+def check_models(kind: str, config: Any, known_models: Mapping[str, str] | set[str]) -> None:
     """Model fields must name registered models (the studio never opens a client's path)."""
+    families = MODEL_FAMILIES.get(kind, {})
     for name in MODEL_FIELDS.get(kind, ()):
         value = getattr(config, name)
-        if value is not None and value not in known_models:
-            raise ConfigError(f"unknown model {value!r}", field=name,
-                              fix="pick one from GET /api/models (add your own with "
-                                  "`imagesynth models add`)")
+        entries = ([(f"{name}[{i}]", v) for i, v in enumerate(value)]
+                   if isinstance(value, tuple) else [(name, value)])
+        for where, model in entries:
+            if model is None:
+                continue
+            if model not in known_models:
+                raise ConfigError(f"unknown model {model!r}: the studio opens models by "
+                                  "registered name only, never by path", field=where,
+                                  fix="pick one from GET /api/models (add your own with "
+                                      "`imagesynth models add`)")
+            family = known_models.get(model) if isinstance(known_models, Mapping) else None
+            if name in families and family is not None and family not in families[name]:
+                raise ConfigError(f"{model!r} is a {family} model, not a {families[name][0]} "
+                                  "model", field=where,
+                                  fix=f"pick a {families[name][0]} model from GET /api/models")
     if kind == "evaluate":
         extractor = config.extractor
         if extractor != "inception" and not (extractor.startswith("clip:")
@@ -259,6 +274,8 @@ def schema(cli_help: dict[str, dict[str, str]] | None = None) -> dict:
                 entry["kind"] = "images"
             if f.name in MODEL_FIELDS.get(kind, ()):
                 entry["kind"] = "model"
+            if f.name in MODEL_FAMILIES.get(kind, {}):
+                entry["families"] = list(MODEL_FAMILIES[kind][f.name])
             fields.append(entry)
         kinds[kind] = {"fields": fields, "help": (cls.__doc__ or "").strip()}
     return {"kinds": kinds}

@@ -391,18 +391,22 @@ class Runner:
         path = self.resolve(config.image, "image")
         init = self.resolve(config.init_image, "init_image") if config.init_image else None
         mask = self.resolve(config.mask, "mask") if config.mask else None
+        controls = [self.resolve(r, f"control_image[{i}]")
+                    for i, r in enumerate(config.control_image)]
         progress(0, 1, phase="regenerating")
         warnings: list[str] = []
         try:
             report = reproduce_image(path, init_image=init, mask=mask,
                                      pipe_loader=self.cache.pipeline,
-                                     on_warning=warnings.append)
+                                     on_warning=warnings.append, control_images=controls)
         except ImageSynthError as exc:  # the library names the CLI's flags; a job has fields
-            if exc.field in ("--init-image", "--mask"):
+            if exc.field in ("--init-image", "--mask", "--control-image"):
                 exc.field = exc.field[2:].replace("-", "_")
                 exc.fix = exc.fix or f"pass {exc.field} (upload:ID) in the reproduce request"
-                exc.message = exc.message.replace("--init-image", "init_image").replace(
-                    "--mask", "mask")
+                for flag in ("--init-image", "--mask", "--control-image"):
+                    name = flag[2:].replace("-", "_")
+                    exc.message, exc.fix = (exc.message.replace(flag, name),
+                                            exc.fix.replace(flag, name))
             raise
         return {**report.to_dict(), "warnings": warnings, "image": config.image}, []
 

@@ -9,6 +9,12 @@ import { JobView, QueueView, running, submitJob, watchJob } from './jobs.js';
 import { maskWidget, outpaintPreview } from './mask.js';
 
 const GENERATE = ['prompt', 'negative', 'model', 'n', 'seed', 'steps', 'guidance', 'sampler'];
+/** Under "More options" of the generate tabs: CFG rescale and CLIP guidance. */
+const GENERATE_MORE = ['size', 'guidance_rescale', 'clip_guidance', 'clip_model', 'clip_cutouts'];
+/** One ControlNet (map, model, scale, window); the API takes several. */
+const CONTROL = { title: 'ControlNet', testid: 'group-controlnet',
+                  fields: ['control_image', 'control_model', 'control_scale', 'control_start',
+                           'control_end'] };
 const DREAM_MAIN = ['prompt', 'drawer', 'scorer', 'steps', 'width', 'height', 'seed', 'cells',
                     'palette', 'decoder', 'diffusion_model', 'diffusion_steps', 'diffusion_sampler',
                     'diffusion_guidance', 'init_image', 'image_prompts', 'style'];
@@ -25,11 +31,12 @@ const DRAWERS = {
 
 const TABS = {
   txt2img: { label: 'Text → image', kind: 'generate', title: 'Text to image', submit: 'Generate',
-             fields: GENERATE, advanced: ['size'],
+             fields: GENERATE, groups: [CONTROL], advanced: GENERATE_MORE,
              help: 'Describe an image; the diffusion model samples it. Image i uses seed + i.' },
   img2img: { label: 'img2img', kind: 'generate', title: 'Image to image', submit: 'Generate',
              fields: ['init_image', 'prompt', 'negative', 'model', 'strength', 'n', 'seed',
-                      'steps', 'guidance', 'sampler'], advanced: ['size'], require: 'init_image',
+                      'steps', 'guidance', 'sampler'], groups: [CONTROL], advanced: GENERATE_MORE,
+             require: 'init_image',
              help: 'Start from an image and re-noise it by the strength, then denoise toward the prompt.' },
   inpaint: { label: 'Inpaint / outpaint', kind: 'generate', title: 'Inpaint or outpaint',
              submit: 'Paint', require: 'init_image',
@@ -91,7 +98,8 @@ function buildTab(id) {
     advanced = state.schema.kinds.dream.fields.map((f) => f.name).filter((n) => !DREAM_MAIN.includes(n));
   }
   const widgets = id === 'inpaint' ? { mode: modeWidget, mask: maskWidget } : {};
-  const form = new Form(formEl, tab.kind, { fields: tab.fields, advanced, widgets, submitLabel: tab.submit,
+  const form = new Form(formEl, tab.kind, { fields: tab.fields, advanced, groups: tab.groups,
+                                            widgets, submitLabel: tab.submit,
                                             segmented: tab.segmented, descriptions: tab.descriptions });
   form.onsubmit = () => submit(id);
   if (id === 'inpaint') outpaintPreview(form);
@@ -351,10 +359,19 @@ hooks.reuse = (recipe, image) => {
   } else {
     const form = forms.txt2img;
     resetForm(form);
+    const clip = recipe.clip_guidance || {};
+    const control = (recipe.controls || [])[0] || {};
     const values = { prompt: recipe.prompt ?? image.prompt, negative: recipe.negative_prompt,
                      seed: recipe.seed, steps: recipe.steps, guidance: recipe.guidance_scale,
-                     sampler: recipe.sampler, model: recipe.model };
+                     sampler: recipe.sampler, model: recipe.model,
+                     guidance_rescale: recipe.guidance_rescale, clip_guidance: clip.scale,
+                     clip_model: clip.model, clip_cutouts: clip.cutouts,
+                     control_model: control.model, control_scale: control.scale,
+                     control_start: control.start, control_end: control.end };
     const missing = Object.entries(values).filter(([k, v]) => v !== undefined && !form.set(k, v));
+    if (recipe.controls && recipe.controls.length) {  // a recipe keeps a map's hash, not the map
+      missing.push(['control_image', 'choose the control map again']);
+    }
     showTab('txt2img');
     if (missing.length) {
       notify('Some settings could not be applied', { lines: missing.map(([k, v]) => `${k}: ${v}`) });

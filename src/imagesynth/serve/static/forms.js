@@ -15,8 +15,11 @@ const LABELS = {
   extractor: 'Feature extractor', image: 'Query image', query: 'Text query', tv_weight: 'TV weight',
   diffusion_model: 'Diffusion model', diffusion_guidance: 'Diffusion guidance',
   edit_to: 'Edit toward', eval_every: 'Score every N steps', frame_every: 'Frame every N steps',
+  control_image: 'Control map', control_model: 'ControlNet', control_scale: 'Control scale',
+  control_start: 'Control start', control_end: 'Control end', guidance_rescale: 'CFG rescale',
+  clip_guidance: 'CLIP guidance', clip_model: 'CLIP model (guidance)', clip_cutouts: 'CLIP cutouts',
 };
-/** Which registry family a model field lists. */
+/** Which registry family a model field lists (the schema's `families` take precedence). */
 const FAMILIES = {
   'generate.model': 'diffusion', 'dream.scorer': 'clip', 'dream.held_out_scorer': 'clip',
   'dream.decoder': 'autoencoder', 'dream.diffusion_model': 'diffusion',
@@ -35,7 +38,8 @@ export class Form {
   /**
    * @param root a <form> element
    * @param kind job kind in the schema
-   * @param options {fields, advanced, submitLabel, widgets: {name: factory}, segmented: [...]}
+   * @param options {fields, advanced, groups: [{title, fields, testid}], submitLabel,
+   *                 widgets: {name: factory}, segmented: [...]}
    */
   constructor(root, kind, options) {
     this.root = root;
@@ -53,6 +57,12 @@ export class Form {
                                  text: options.submitLabel || 'Run' });
     root.replaceChildren(this.top, this.main);
     for (const name of options.fields) this.add(name, this.main);
+    for (const group of options.groups || []) {  // a folded group of related fields
+      const fields = el('div', { class: 'fields' });
+      root.append(el('details', { class: 'advanced group', 'data-testid': group.testid },
+                     el('summary', { text: group.title }), fields));
+      for (const name of group.fields) this.add(name, fields);
+    }
     if ((options.advanced || []).length) {
       for (const name of options.advanced) this.add(name, this.more);
       root.append(this.details);
@@ -83,7 +93,8 @@ export class Form {
     widget.row = el('div', { class: `field ${widget.wide ? 'full' : 'half'}`,
                              dataset: { field: name } },
                     head, widget.node,
-                    spec.help && !widget.noHelp ? el('div', { class: 'help', text: spec.help }) : null,
+                    (widget.help ?? spec.help) && !widget.noHelp
+                      ? el('div', { class: 'help', text: widget.help ?? spec.help }) : null,
                     widget.error);
     parent.append(widget.row);
     this.widgets.set(name, widget);
@@ -135,7 +146,8 @@ export class Form {
       widget.error.replaceChildren(el('div', { text: message }), fix || '');
       widget.error.hidden = false;
       widget.row.classList.add('invalid');
-      if (this.more.contains(widget.row)) this.details.open = true;
+      const folded = widget.row.closest('details');
+      if (folded) folded.open = true;
       widget.row.scrollIntoView({ block: 'nearest', behavior: 'smooth' });
     } else {
       const where = error.field ? `${error.field}: ` : '';
@@ -169,7 +181,11 @@ export class Form {
 
 function widgetFor(kind, spec, form) {
   const key = `${kind}.${spec.name}`;
-  if (spec.kind === 'model') return (s, f, id) => modelWidget(s, id, FAMILIES[key]);
+  if (CONTROL_WIDGETS[spec.name] && kind === 'generate') return CONTROL_WIDGETS[spec.name];
+  if (spec.kind === 'model') {
+    const empty = spec.name === 'clip_model' ? 'none' : '(default)';
+    return (s, f, id) => modelWidget(s, id, spec.families || FAMILIES[key], empty);
+  }
   if (spec.kind === 'image') return (s, f, id) => imageWidget(s, f, id);
   if (spec.kind === 'images') {
     return (s, f, id) => imageListWidget(s, f, id, { folder: kind === 'evaluate' });
@@ -284,11 +300,14 @@ function segmentedWidget(spec, id, descriptions) {
   return widget;
 }
 
-function modelWidget(spec, id, family) {
-  const models = state.models.filter((m) => !family || m.family === family);
+/** A select of the models of `family` (a name or a list of names), with each one's card. */
+function modelWidget(spec, id, family, empty = '(default)') {
+  const families = family ? [family].flat() : null;
+  const models = state.models.filter((m) => !families || families.includes(m.family));
   const names = models.map((m) => m.name);
+  family = families ? families[0] : family;
   const select = el('select', { id, name: spec.name, 'data-family': family || '' });
-  if (spec.optional) select.append(el('option', { value: '', text: '(default)' }));
+  if (spec.optional) select.append(el('option', { value: '', text: empty }));
   for (const m of models) select.append(el('option', { value: m.name, text: m.name }));
   const infoLine = el('div', { class: 'model-info' });
   const card = el('pre', { class: 'card-text' });
@@ -300,11 +319,14 @@ function modelWidget(spec, id, family) {
     const m = info();
     details.hidden = !m || !m.card;
     card.textContent = m ? m.card : '';
-    infoLine.textContent = m ? [m.family, m.image_size && `${m.image_size} px`,
+    const base = m && m.base_sha256 &&
+      (state.models.find((o) => o.sha256 === m.base_sha256 && o.family !== m.family) || {}).name;
+    infoLine.textContent = m ? [m.family, m.condition && `${m.condition} maps`,
+                                base && `for ${base}`, m.image_size && `${m.image_size} px`,
                                 m.default_steps && `${m.default_steps} steps`, m.default_sampler,
                                 m.default_guidance !== null && m.default_guidance !== undefined &&
                                   `CFG ${m.default_guidance}`, m.source].filter(Boolean).join(' · ')
-      : (spec.optional ? 'the studio picks its default' : '');
+      : (spec.optional ? (empty === '(default)' ? 'the studio picks its default' : 'off') : '');
     listeners.forEach((fn) => fn(m));
   };
   const reset = () => {
@@ -313,6 +335,7 @@ function modelWidget(spec, id, family) {
       value = state.defaultModel;  // the server's --model
     }
     if (value && !names.includes(value)) value = spec.optional ? '' : (names[0] || '');
+    if (!value && !spec.optional) value = names[0] || '';
     select.value = value;
     show();
   };
@@ -522,6 +545,59 @@ function bordersWidget(spec, id) {
   };
   return widget;
 }
+
+/** Whether the form's ControlNet group has a map (without one no control field is sent). */
+async function hasControlMap(form) {
+  const map = form.get('control_image');
+  return Boolean(map && map.visible && (await map.get()));
+}
+
+const first = (values) => [values ?? []].flat()[0];
+
+/** One ControlNet's map: an image picker whose value is a one-element list (the API takes
+ * several maps; the page offers one). */
+function controlMapWidget(spec, form, id) {
+  const widget = imageWidget(spec, form, id);
+  const single = widget.get;
+  return { ...widget,
+           help: 'A condition map the size of the image (layout, edges or scribble), uploaded '
+                 + 'or from the gallery. Leave it empty for no ControlNet.',
+           get: async () => { const ref = await single(); return ref ? [ref] : undefined; },
+           set: (values) => widget.set(first(values) || null) };
+}
+
+function controlModelWidget(spec, form, id) {
+  const widget = modelWidget({ ...spec, optional: false, default: null }, id,
+                             spec.families || ['controlnet']);
+  return { ...widget, noHelp: false,
+           help: 'The ControlNet that reads the map; it must be trained for the model above.',
+           get: async () => ((await hasControlMap(form)) && widget.get() ? [widget.get()]
+             : undefined),
+           set: (values) => widget.set(first(values)) };
+}
+
+function controlNumberWidget(fallback, help) {
+  return (spec, form, id) => {
+    const widget = numberWidget({ name: spec.name, type: 'number', default: fallback,
+                                  optional: false, required: false }, id);
+    return { ...widget, help,
+             get: async () => {
+               if (!(await hasControlMap(form))) return undefined;
+               const value = widget.get();
+               return value === undefined ? undefined : [value];
+             },
+             set: (values) => widget.set(first(values) ?? fallback) };
+  };
+}
+
+/** The generate form's ControlNet fields, as one control (see `controlMapWidget`). */
+const CONTROL_WIDGETS = {
+  control_image: controlMapWidget,
+  control_model: controlModelWidget,
+  control_scale: controlNumberWidget(1, 'How strongly the map steers: 0 is off, 1 as trained.'),
+  control_start: controlNumberWidget(0, 'Fraction of the steps where control starts (0: the first).'),
+  control_end: controlNumberWidget(1, 'Fraction of the steps where control ends (1: the last).'),
+};
 
 /** Reset every field of `form` to its schema default. */
 export function resetForm(form) {

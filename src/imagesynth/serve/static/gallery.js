@@ -187,6 +187,7 @@ async function reproduce(image, status) {
   try {
     const job = await api(`/api/jobs/${image.job_id}`);
     for (const key of ['init_image', 'mask']) if (job.config && job.config[key]) body[key] = job.config[key];
+    if (job.config && (job.config.control_image || []).length) body.control_image = job.config.control_image;
   } catch { /* the job may be gone; the recipe alone may suffice */ }
   let queued;
   try {
