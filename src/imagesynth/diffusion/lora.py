@@ -129,10 +129,8 @@ def _from_kohya(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, float],
     return tensors, module_alphas, len({k.split(".")[0] for k in skipped})
 
 
-def read_lora(path: str | Path) -> LoraFile:
-    """Read a LoRA file (imagesynth/diffusers or kohya layout); errors name the field `lora`."""
-    from diffusers.utils import convert_unet_state_dict_to_peft
-
+def check_lora_path(path: str | Path) -> Path:
+    """The path of an existing `.safetensors` LoRA file (one-line errors naming `lora`)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"no LoRA file at {path}", field="lora",
@@ -140,6 +138,14 @@ def read_lora(path: str | Path) -> LoraFile:
     if path.suffix.lower() != ".safetensors":
         raise ConfigError(f"{path.name} is not a .safetensors file", field="lora",
                           fix="LoRA files are read from .safetensors only (no pickles)")
+    return path
+
+
+def read_lora(path: str | Path) -> LoraFile:
+    """Read a LoRA file (imagesynth/diffusers or kohya layout); errors name the field `lora`."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    path = check_lora_path(path)
     state = load_weights(path)
     metadata = read_metadata(path)
     info = json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else {}

@@ -29,8 +29,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..diffusion.lora import DIFFUSERS_METADATA_KEY, LoraFile
-from ..errors import ConfigError, IntegrityError, MissingFileError
+from ..diffusion.lora import DIFFUSERS_METADATA_KEY, LoraFile, check_lora_path
+from ..errors import ConfigError, IntegrityError
 from ..io.checkpoint import CONFIG_KEY, load_weights, read_metadata
 from ..io.files import sha256_file
 
@@ -207,13 +207,7 @@ class SDLoraSet:
 
     def load(self, lora) -> SDLora:
         """Attach one file (path or LoraFile) as an adapter, once per content (SHA-256)."""
-        path = Path(lora.path if isinstance(lora, LoraFile) else lora)
-        if not path.is_file():
-            raise MissingFileError(f"no LoRA file at {path}", field="lora",
-                                   fix="pass the path of an existing .safetensors LoRA")
-        if path.suffix.lower() != ".safetensors":
-            raise ConfigError(f"{path.name} is not a .safetensors file", field="lora",
-                              fix="LoRA files are read from .safetensors only (no pickles)")
+        path = check_lora_path(lora.path if isinstance(lora, LoraFile) else lora)
         sha = sha256_file(path)
         if isinstance(lora, LoraFile) and lora.sha256 != sha:
             raise IntegrityError(f"{path.name} changed since it was read (SHA-256 differs)",
