@@ -27,13 +27,15 @@ def train_diffusion_command(
     text_encoder: Optional[str] = typer.Option(None, help="minilm (default), minilm+words (adds word embeddings: tells left from right) or a local text-model folder."),
     train_sigma_mean: Optional[float] = typer.Option(None, help="Training noise: mean of ln(sigma) (EDM P_mean, default -1.2; higher practises layout)."),
     train_sigma_std: Optional[float] = typer.Option(None, help="Training noise: std of ln(sigma) (EDM P_std, default 1.2)."),
+    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per step and process (the global --batch-size is kept; saves memory)."),
 ) -> None:
     """Train a text-conditioned EDM diffusion model (pixel or latent space) with the shared loop."""
     from ..families.diffusion import train_diffusion
 
     overrides = loop_overrides(precision=precision, seed=seed, max_steps=steps,
                                batch_size=batch_size, learning_rate=learning_rate,
-                               max_minutes=max_minutes, sample_every=sample_every)
+                               max_minutes=max_minutes, sample_every=sample_every,
+                               grad_accum=grad_accum)
     settings = {key: value for key, value in (("text_encoder", text_encoder),
                                               ("train_sigma_mean", train_sigma_mean),
                                               ("train_sigma_std", train_sigma_std))

@@ -22,13 +22,14 @@ def train_gan_command(
     seed: int = typer.Option(0, help="Seed for initial weights, data order, z and augmentations."),
     r1_gamma: float = typer.Option(1.0, help="Weight of the R1 penalty on real images."),
     augment: str = typer.Option("translation,cutout", help="DiffAugment: comma list of translation, cutout, color ('' = none)."),
+    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per step and process (the global --batch-size is kept; saves memory)."),
 ) -> None:
     """Train a caption-conditional GAN (StyleGAN-lite generator, projection discriminator)."""
     from ..families.gan import GANObjectiveConfig, train_gan
 
     overrides = loop_overrides(precision="fp32", seed=seed, max_steps=steps,
                                batch_size=batch_size, learning_rate=learning_rate,
-                               max_minutes=max_minutes)
+                               max_minutes=max_minutes, grad_accum=grad_accum)
     settings = GANObjectiveConfig(r1_gamma=r1_gamma, augment=tuple(
         a.strip() for a in augment.split(",") if a.strip()))
     report_run(train_gan(data, out, preset=preset, overrides=overrides, objective=settings))
@@ -44,13 +45,14 @@ def train_flow_command(
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop (with a checkpoint) after this long."),
     seed: int = typer.Option(0, help="Seed for initial weights, data order and dequantisation."),
+    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per step and process (the global --batch-size is kept; saves memory)."),
 ) -> None:
     """Train a Glow normalizing flow by exact maximum likelihood (bits/dim)."""
     from ..families.flow import train_flow
 
     overrides = loop_overrides(precision="fp32", seed=seed, max_steps=steps,
                                batch_size=batch_size, learning_rate=learning_rate,
-                               max_minutes=max_minutes)
+                               max_minutes=max_minutes, grad_accum=grad_accum)
     report_run(train_flow(data, out, preset=preset, overrides=overrides))
 
 

@@ -34,7 +34,9 @@ from ..paths import cache_dir
 from ..registry import write_model_folder
 from ..text.expand import CAPTIONS_FILE, captions_text, read_captions, write_captions
 from ..text import CachedTextEncoder, load_text_encoder
-from ..train import FamilyRunResult, TrainConfig, train
+from ..train import (BatchRandom, FamilyRunResult, TrainConfig, is_main_process, shard_aware,
+                     train)
+from ..train.distributed import check_batch_split
 from ..diffusion.denoisers import EDMDenoiser
 from ..train.datasets import (CaptionedTrainingSet, TextTable, caption_choice_table, caption_options,
                               encode_caption_table, images_as_uint8, save_grid_png)
@@ -95,19 +97,22 @@ class DiffusionObjective:
     def __init__(self, text: TextTable, condition_dropout: float, latent: bool):
         self.text, self.condition_dropout, self.latent = text, condition_dropout, latent
 
-    def __call__(self, denoiser: EDMDenoiser, batch, generator: torch.Generator):
+    @shard_aware
+    def __call__(self, denoiser: EDMDenoiser, batch, generator: torch.Generator | BatchRandom):
         samples, choices = batch[0], batch[1]
         device = samples.device
+        # every draw is per sample, made for the global batch (this shard keeps its rows)
+        rng = BatchRandom.of(generator, len(samples))
         x0 = samples.float() if self.latent else samples.float() / 127.5 - 1
         counts = (choices >= 0).sum(dim=1)
-        pick = (torch.rand(len(choices), generator=generator, device=device) * counts).long()
+        pick = (rng.rand(device=device) * counts).long()
         rows = choices.gather(1, pick[:, None]).squeeze(1)
-        dropped = torch.rand(len(rows), generator=generator, device=device) < self.condition_dropout
+        dropped = rng.rand(device=device) < self.condition_dropout
         rows = torch.where(dropped, torch.full_like(rows, self.text.empty), rows)
         states = self.text.states.to(device)[rows]
         mask = self.text.mask.to(device)[rows]
-        sigma = denoiser.sample_training_sigmas(len(x0), generator, device)
-        noise = torch.randn(x0.shape, generator=generator, device=device)
+        sigma = rng.draw(lambda g, n: denoiser.sample_training_sigmas(n, g, device))
+        noise = rng.randn(*x0.shape[1:], device=device)
         loss = denoiser.loss(x0, noise, sigma, encoder_hidden_states=states,
                              encoder_attention_mask=mask, **self.extra_condition(batch))
         return loss.mean(), {"dropped": dropped.float().mean().item()}
@@ -185,6 +190,7 @@ def train_diffusion(data: str | Path, out: str | Path, preset: str = "shapes",
     model_config, loop = PRESETS[preset]
     model_config = dataclasses.replace(model_config, **(model_overrides or {}))
     config = from_dict(TrainConfig, {**loop, **(overrides or {})})
+    check_batch_split(config.batch_size, config.grad_accum)  # before the data and text encoder
     started, out = time.perf_counter(), Path(out)
 
     folder = CaptionedImageFolder(data, resolution=model_config.image_size, split="train")
@@ -255,12 +261,16 @@ def train_diffusion(data: str | Path, out: str | Path, preset: str = "shapes",
                    "train": to_dict(config), "data": Path(data).name, "preset": preset,
                    "init_from": init_info}
     # Written before training so a mid-run checkpoint can be exported as a model (export_checkpoint).
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / RUN_MODEL_CONFIG, json.dumps(base_config, indent=2))
-    write_captions(out, captions)  # the model folder carries them for `generate --expand`
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / RUN_MODEL_CONFIG, json.dumps(base_config, indent=2))
+        write_captions(out, captions)  # the model folder carries them for `generate --expand`
     result = train(denoiser, CaptionedTrainingSet(samples, choices), objective, config, out,
                    on_sample=on_sample, stop_after=stop_after, show_progress=show_progress,
                    resume=resume)
+    if not is_main_process():  # under torchrun rank 0 writes the model folder
+        return FamilyRunResult(out / "model", result.step, result.stopped, result.last_metrics,
+                               time.perf_counter() - started)
     final = result.ema if result.ema is not None else denoiser
     network_state = {k.removeprefix("network."): v for k, v in final.state_dict().items()}
     model_dir = write_diffusion_model(out / "model", network_state, base_config, result.step,

@@ -30,7 +30,9 @@ from ..errors import ConfigError, InputImageError
 from ..train.datasets import ImageTensorSet, spread_subset
 from ..nets.flow import Glow
 from ..registry import write_model_folder
-from ..train import FamilyRunResult, TrainConfig, train
+from ..train import (BatchRandom, FamilyRunResult, TrainConfig, is_main_process, shard_aware,
+                     train)
+from ..train.distributed import check_batch_split
 from .common import load_family_model, training_folder
 
 FAMILY = "flow"
@@ -100,9 +102,10 @@ def flow_config(preset: str, **overrides) -> FlowConfig:
     return dataclasses.replace(PRESETS[preset], **overrides)
 
 
-def dequantize(images_u8: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def dequantize(images_u8: torch.Tensor, generator: torch.Generator | BatchRandom) -> torch.Tensor:
     """uint8 [B, C, H, W] -> x = (u + n) / 128 - 1 in [-1, 1), n ~ U[0, 1) from `generator`."""
-    noise = torch.rand(images_u8.shape, generator=generator, device=generator.device)
+    rng = BatchRandom.of(generator, len(images_u8))
+    noise = rng.rand(*images_u8.shape[1:], device=rng.generator.device)
     bin_width = (DATA_HIGH - DATA_LOW) / NUM_BINS
     return DATA_LOW + (images_u8.float() + noise.to(images_u8.device)) * bin_width
 
@@ -200,7 +203,8 @@ def _images_and_condition(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
 class FlowObjective:
     """Mean bits/dim of a dequantised batch; the uniform noise comes from the step generator."""
 
-    def __call__(self, model: FlowModel, batch, generator: torch.Generator):
+    @shard_aware
+    def __call__(self, model: FlowModel, batch, generator: torch.Generator | BatchRandom):
         images_u8, condition = _images_and_condition(batch)
         x = dequantize(images_u8, generator)
         bits = discrete_bits_per_dim(model.log_prob(x, condition), x[0].numel()).mean()
@@ -242,6 +246,7 @@ def train_flow(data: str | Path, out: str | Path, preset: str = "shapes",
                               "FlowObjective on {'image', 'condition'} batches")
     config = from_dict(TrainConfig, {"checkpoint_every": 250, **LOOP_PRESETS[preset],
                                      **(overrides or {})})
+    check_batch_split(config.batch_size, config.grad_accum)  # before reading the data
     started, out = time.perf_counter(), Path(out)
     train_folder = training_folder(data, flow.image_size, preset, MIN_IMAGES[preset])
     train_set = ImageTensorSet(train_folder)
@@ -261,6 +266,9 @@ def train_flow(data: str | Path, out: str | Path, preset: str = "shapes",
     model.initialize(dequantize(spread_subset(train_set.images, INIT_IMAGES), init_noise))
     result = train(model, train_set, FlowObjective(), config, out, on_eval=evaluate,
                    show_progress=show_progress, resume=resume, stop_after=stop_after)
+    if not is_main_process():  # under torchrun rank 0 evaluates and writes the model folder
+        return FamilyRunResult(out / "model", result.step, result.stopped, result.last_metrics,
+                               time.perf_counter() - started)
     final = (result.ema if result.ema is not None else model).eval()
     final_eval = {"bits_per_dim_val": bits_per_dim(final, val_images),
                   "bits_per_dim_train": bits_per_dim(final, spread_subset(train_set.images,

@@ -28,7 +28,9 @@ from ..errors import ConfigError
 from ..train.datasets import to_signed
 from ..nets.gan import GAN, GANConfig
 from ..registry import write_model_folder
-from ..train import FamilyRunResult, TrainConfig, train
+from ..train import (BatchRandom, FamilyRunResult, TrainConfig, is_main_process, shard_aware,
+                     train)
+from ..train.distributed import check_batch_split
 from .common import load_family_model, training_folder
 
 FAMILY = "gan"
@@ -86,20 +88,21 @@ def gan_config(preset: str, **overrides) -> GANConfig:
 
 
 def diff_augment(x: torch.Tensor, settings: GANObjectiveConfig,
-                 generator: torch.Generator) -> torch.Tensor:
+                 generator: torch.Generator | BatchRandom) -> torch.Tensor:
     """DiffAugment: differentiable random colour, translation and cutout, per sample."""
     B, _, H, W = x.shape
-    rand = lambda *shape: torch.rand(*shape, generator=generator).to(x)  # noqa: E731
+    rng = BatchRandom.of(generator, B)
+    rand = lambda *shape: rng.rand(*shape).to(x)  # noqa: E731 - [B, *shape], per sample
     if "color" in settings.augment:
-        x = x + (rand(B, 1, 1, 1) - 0.5)
+        x = x + (rand(1, 1, 1) - 0.5)
         mean = x.mean(dim=1, keepdim=True)
-        x = (x - mean) * (rand(B, 1, 1, 1) * 2) + mean
+        x = (x - mean) * (rand(1, 1, 1) * 2) + mean
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * (rand(B, 1, 1, 1) + 0.5) + mean
+        x = (x - mean) * (rand(1, 1, 1) + 0.5) + mean
     if "translation" in settings.augment and settings.translation > 0:
         shift = int(H * settings.translation + 0.5)
-        dx = (rand(B) * (2 * shift + 1)).long() - shift
-        dy = (rand(B) * (2 * shift + 1)).long() - shift
+        dx = (rand() * (2 * shift + 1)).long() - shift
+        dy = (rand() * (2 * shift + 1)).long() - shift
         # shift by integer pixels with white (+1) fill: the scenes' background
         padded = F.pad(x, (shift, shift, shift, shift), value=1.0)
         rows = (torch.arange(H, device=x.device)[None] + shift - dy[:, None].to(x.device))
@@ -108,8 +111,8 @@ def diff_augment(x: torch.Tensor, settings: GANObjectiveConfig,
         x = x.permute(0, 3, 1, 2)
     if "cutout" in settings.augment and settings.cutout > 0:
         side = int(H * settings.cutout + 0.5)
-        cy = (rand(B) * (H + 1 - side)).long()
-        cx = (rand(B) * (W + 1 - side)).long()
+        cy = (rand() * (H + 1 - side)).long()
+        cx = (rand() * (W + 1 - side)).long()
         ys = torch.arange(H, device=x.device)[None]
         xs = torch.arange(W, device=x.device)[None]
         inside_y = (ys >= cy[:, None].to(x.device)) & (ys < (cy + side)[:, None].to(x.device))
@@ -126,20 +129,25 @@ class GANObjective:
         self.condition_table = condition_table  # [N, condition_dim] pooled caption vectors
         self.settings = settings
 
-    def __call__(self, model: GAN, batch, generator: torch.Generator):
+    @shard_aware
+    def __call__(self, model: GAN, batch, generator: torch.Generator | BatchRandom):
         images_u8, choices = batch
         real = to_signed(images_u8)
         B = real.shape[0]
+        # per-sample draws are made for the global batch (a shard keeps its rows); the R1 coin
+        # is one draw for the whole step, the same in every shard
+        rng = BatchRandom.of(generator, B)
         counts = (choices >= 0).sum(dim=1)
-        pick = (torch.rand(B, generator=generator).to(real) * counts).long().clamp(max=choices.shape[1] - 1)
+        pick = (rng.rand().to(real) * counts).long().clamp(max=choices.shape[1] - 1)
         rows = choices[torch.arange(B), pick]
         condition = self.condition_table.to(real)[rows.cpu()] if self.condition_table.numel() \
             else None
-        z = torch.randn(B, model.config.z_dim, generator=generator).to(real)
-        fake = diff_augment(model.generator(z, condition), self.settings, generator)
-        real_seen = diff_augment(real, self.settings, generator).detach()
+        z = rng.randn(model.config.z_dim).to(real)
+        fake = diff_augment(model.generator(z, condition), self.settings, rng)
+        real_seen = diff_augment(real, self.settings, rng).detach()
         every = self.settings.r1_every
-        lazy_r1 = bool(torch.rand((), generator=generator) < 1 / every) and self.settings.r1_gamma
+        coin = torch.rand((), generator=rng.generator)
+        lazy_r1 = bool(coin < 1 / every) and self.settings.r1_gamma
         real_seen.requires_grad_(bool(lazy_r1))
         D = model.discriminator
         d_real = D(real_seen, condition)
@@ -281,6 +289,7 @@ def train_gan(data: str | Path, out: str | Path, preset: str = "shapes",
     settings = objective or GANObjectiveConfig()
     config = from_dict(TrainConfig, {"checkpoint_every": 500, **_GAN_TRAINING,
                                      **LOOP_PRESETS[preset], **(overrides or {})})
+    check_batch_split(config.batch_size, config.grad_accum)  # before the data and text encoder
     started, out = time.perf_counter(), Path(out)
     folder = training_folder(data, architecture.image_size, preset, MIN_IMAGES[preset])
     items = [folder.items[i] for i in range(len(folder))]
@@ -307,6 +316,9 @@ def train_gan(data: str | Path, out: str | Path, preset: str = "shapes",
     result = train(model.gan, dataset, GANObjective(table, settings), config, out,
                    on_eval=evaluate_gan(model, evaluate), show_progress=show_progress,
                    resume=resume, stop_after=stop_after)
+    if not is_main_process():  # under torchrun rank 0 evaluates and writes the model folder
+        return FamilyRunResult(out / "model", result.step, result.stopped, result.last_metrics,
+                               time.perf_counter() - started)
     final = GANModel(architecture)
     final.gan.load_state_dict((result.ema if result.ema is not None else model.gan).state_dict())
     final.eval().requires_grad_(False)

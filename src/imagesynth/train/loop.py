@@ -7,19 +7,26 @@ A family supplies only an `Objective`: `(model, batch, generator) -> (loss, metr
 Resume is exact because nothing depends on hidden RNG state: the data order of epoch `e` is
 a permutation drawn from `seed` and `e`, and the objective's generator for step `t` is seeded
 from `seed` and `t`; model, EMA and optimizer tensors are restored bit for bit.
+
+Under torchrun the same loop trains data-parallel (`distributed.py`): each process takes its
+shards of the same global batch, gradients are averaged before the optimiser step, and rank 0
+alone writes checkpoints, logs and progress. Nothing in a checkpoint depends on the number of
+processes, so a run may resume with another one.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
+import os
 import signal
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Protocol, Sequence
 
 import torch
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -28,6 +35,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from ..config import from_dict, to_dict
 from ..errors import ConfigError, NumericError
 from ..io.files import atomic_write_text
+from . import distributed
+from .distributed import BatchRandom, World, is_shard_aware
 from .state import checkpoint_dirs, load_checkpoint, save_checkpoint
 
 
@@ -54,9 +63,12 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float | None = None
     num_workers: int = 0
+    #: micro-batches per optimiser step and process: batch_size stays the global batch, so
+    #: memory per process falls with it while the maths stays that of the whole batch
+    grad_accum: int = 1
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "checkpoint_every", "log_every"):
+        for name in ("max_steps", "batch_size", "checkpoint_every", "log_every", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError("must be at least 1", field=name)
         if self.learning_rate <= 0:
@@ -68,10 +80,16 @@ class TrainConfig:
 
 
 class Objective(Protocol):
-    """A family's loss: called once per step with a generator seeded for that step."""
+    """A family's loss: called once per step with a generator seeded for that step.
+
+    Its loss must be the mean over the batch's samples. In a sharded step (several processes
+    or grad_accum > 1) a `@shard_aware` objective gets a `BatchRandom` instead of the generator;
+    any other gets an independent generator per shard.
+    """
 
     def __call__(self, model: torch.nn.Module, batch: Any,
-                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
+                 generator: torch.Generator | BatchRandom
+                 ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 def learning_rate_at(config: TrainConfig, step: int) -> float:
@@ -130,8 +148,9 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
 
 
 def default_device() -> torch.device:
-    """CUDA when present (an accelerator, never a requirement), else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present (an accelerator, never a requirement; this process's GPU under
+    torchrun), else CPU."""
+    return distributed.device_for(distributed.world())
 
 
 @dataclass
@@ -187,13 +206,17 @@ def train(model: torch.nn.Module, dataset: Sequence, objective: Objective, confi
     returns validation metrics that are logged. `stop_after` ends the run early after that
     many steps in this call (a checkpoint is written), as a time budget would. Ctrl-C or
     SIGTERM also checkpoint after the current step and return with `stopped="interrupted"`.
+    Under torchrun every process calls this alike; hooks, logs and checkpoints run on rank 0.
     """
     run_dir = Path(run_dir)
+    distributed.check_batch_split(config.batch_size, config.grad_accum)
     device = device or default_device()
-    model = model.to(device)
     if config.precision == "fp16" and device.type != "cuda":
         raise ConfigError("fp16 training needs a CUDA device", field="precision",
                           fix="use bf16 or fp32 on CPU")
+    place = distributed.setup(device)
+    main, shards = place.is_main, place.size * config.grad_accum
+    model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval() if config.ema_decay else None
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -215,13 +238,19 @@ def train(model: torch.nn.Module, dataset: Sequence, objective: Objective, confi
             raise ConfigError("the run folder holds a run with different settings",
                               field="run_dir", fix="use a new --out folder, or the same settings")
         start_step = load_checkpoint(complete[-1], model, ema, optimizer)["step"]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "train_config.json", config_json)
+    if place.distributed:
+        distributed.agree_on_start(start_step, device)
+        distributed.broadcast_state([model, ema])
     log_path = run_dir / "log.jsonl"
-    _truncate_log(log_path, start_step)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "train_config.json", config_json)
+        _truncate_log(log_path, start_step)
 
     sampler = ResumableBatchSampler(len(dataset), config.batch_size, config.seed, start_step,
                                     config.max_steps)
+    if shards > 1:
+        sampler = distributed.ShardedBatchSampler(sampler, place, config.grad_accum)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=config.num_workers)
     deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes else None
@@ -229,29 +258,36 @@ def train(model: torch.nn.Module, dataset: Sequence, objective: Objective, confi
     window_start, window_images = time.perf_counter(), 0
 
     def checkpoint() -> None:
-        save_checkpoint(checkpoints, step, model, ema, optimizer,
-                        {"config": json.loads(config_json)}, config.keep_checkpoints)
+        if main:
+            save_checkpoint(checkpoints, step, model, ema, optimizer,
+                            {"config": json.loads(config_json), "world_size": place.size},
+                            config.keep_checkpoints)
+        if place.distributed:
+            distributed.barrier(device)
 
     progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                        TimeRemainingColumn(), disable=not show_progress)
-    with progress, log_path.open("a") as log, _StopRequests() as stop_requests:
+                        TimeRemainingColumn(), disable=not (show_progress and main))
+    log_file = log_path.open("a") if main else open(os.devnull, "w")
+    with progress, log_file as log, _StopRequests() as stop_requests:
         task = progress.add_task("train", total=config.max_steps, completed=start_step,
                                  status="")
-        for batch in loader:
+        for micro_batches in _steps(loader, config.grad_accum):
             model.train()
             lr = learning_rate_at(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = _to_device(batch, device)
-            with _autocast(config.precision, device):
-                loss, metrics = objective(model, batch, step_generator(config.seed, step, device))
-            if not torch.isfinite(loss):
-                checkpoint_hint = complete[-1].name if complete else "none yet"
-                raise NumericError(f"loss became {loss.item()} at step {step}", field="loss",
-                                   fix=f"lower --lr or use fp32; last checkpoint: {checkpoint_hint}")
             optimizer.zero_grad(set_to_none=True)
-            (scaler.scale(loss) if scaler else loss).backward()
+            loss, metrics = _accumulate(model, objective, micro_batches, config, step, place,
+                                        device, scaler)
+            if place.distributed:
+                loss, metrics = distributed.average_metrics(loss, metrics, params, place, device)
+            if not math.isfinite(loss):
+                checkpoint_hint = complete[-1].name if complete else "none yet"
+                raise NumericError(f"loss became {loss} at step {step}", field="loss",
+                                   fix=f"lower --lr or use fp32; last checkpoint: {checkpoint_hint}")
+            if place.distributed:
+                distributed.average_gradients(params, place.size)
             if scaler:
                 scaler.unscale_(optimizer)
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.grad_clip).item()
@@ -266,24 +302,27 @@ def train(model: torch.nn.Module, dataset: Sequence, objective: Objective, confi
                 _update_ema(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
             step += 1
             window_images += config.batch_size
-            progress.update(task, completed=step, status=f"loss {loss.item():.4f}")
+            progress.update(task, completed=step, status=f"loss {loss:.4f}")
 
             if step % config.log_every == 0 or step == config.max_steps:
                 elapsed = time.perf_counter() - window_start
-                last = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
+                last = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                         "images_per_second": window_images / max(elapsed, 1e-9), **metrics}
                 log.write(json.dumps(last) + "\n")
                 log.flush()
                 window_start, window_images = time.perf_counter(), 0
-            if on_eval and config.eval_every and step % config.eval_every == 0:
+            if main and on_eval and config.eval_every and step % config.eval_every == 0:
                 results = on_eval(step, ema if ema is not None else model)
                 log.write(json.dumps({"step": step, "eval": results}) + "\n")
                 log.flush()
-            if on_sample and config.sample_every and step % config.sample_every == 0:
+            if main and on_sample and config.sample_every and step % config.sample_every == 0:
                 on_sample(step, ema if ema is not None else model, run_dir)
             out_of_time = deadline is not None and time.monotonic() > deadline
             stop_now = stop_after is not None and step - start_step >= stop_after
             interrupted = stop_requests.requested is not None
+            if place.distributed:  # one process's clock or signal stops all of them together
+                out_of_time, interrupted = (value > 0 for value in distributed.sum_across(
+                    [out_of_time, interrupted], device))
             if step % config.checkpoint_every == 0 or step == config.max_steps or \
                     out_of_time or stop_now or interrupted:
                 checkpoint()
@@ -294,6 +333,46 @@ def train(model: torch.nn.Module, dataset: Sequence, objective: Objective, confi
                 stopped = "time_budget"
                 break
     return TrainResult(step, stopped, run_dir, last, ema)
+
+
+def _steps(loader: Iterable, grad_accum: int) -> Iterator[list[Any]]:
+    """Group the loader's micro-batches into optimiser steps."""
+    batches = iter(loader)
+    while micro_batches := list(itertools.islice(batches, grad_accum)):
+        yield micro_batches
+
+
+def _accumulate(model: torch.nn.Module, objective: Objective, micro_batches: list[Any],
+                config: TrainConfig, step: int, place: World, device: torch.device,
+                scaler) -> tuple[float, dict[str, float]]:
+    """Backward every micro-batch of this process; return the mean loss and metrics."""
+    accum = len(micro_batches)
+    total, metrics_sum = None, {}
+    for micro, batch in enumerate(micro_batches):
+        batch = _to_device(batch, device)
+        randomness = _step_random(objective, config, step, micro * place.size + place.rank,
+                                  place.size * config.grad_accum, device)
+        with _autocast(config.precision, device):
+            loss, metrics = objective(model, batch, randomness)
+        if accum > 1:  # each micro-batch's mean loss weighs 1/accum of the step's mean
+            loss = loss / accum
+            metrics = {key: value / accum for key, value in metrics.items()}
+        (scaler.scale(loss) if scaler else loss).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+        metrics_sum = metrics if not metrics_sum else {
+            key: metrics_sum[key] + value for key, value in metrics.items()}
+    return total.item(), metrics_sum
+
+
+def _step_random(objective: Objective, config: TrainConfig, step: int, shard: int, shards: int,
+                 device: torch.device) -> torch.Generator | BatchRandom:
+    """The objective's randomness for one shard of step `step` (the plain generator unsharded)."""
+    if shards == 1:
+        return step_generator(config.seed, step, device)
+    if is_shard_aware(objective):
+        return BatchRandom(step_generator(config.seed, step, device), config.batch_size, shard,
+                           shards)
+    return distributed.shard_generator(config.seed, step, shard, device)
 
 
 class _StopRequests:
@@ -324,8 +403,9 @@ class _StopRequests:
 
 
 # Settings that may change between a run and its resumption without changing the maths.
+# grad_accum and the number of processes only change float summation order.
 _RESUME_FREE = {"max_minutes", "checkpoint_every", "keep_checkpoints", "log_every",
-                "sample_every", "eval_every", "num_workers", "max_steps"}
+                "sample_every", "eval_every", "num_workers", "max_steps", "grad_accum"}
 
 
 def _resume_relevant(config: dict) -> dict:
