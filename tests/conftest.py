@@ -53,6 +53,20 @@ def shapes_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_diffusion_model(tmp_path_factory, minilm):
+    """A 16 px pixel-space text-to-image model trained for 3 steps on 16 scenes (its folder)."""
+    from imagesynth.data import ShapesConfig, build_shapes_dataset
+    from imagesynth.families.diffusion import train_diffusion
+
+    root = tmp_path_factory.mktemp("tiny-diffusion")
+    build_shapes_dataset(root / "data", ShapesConfig(count=16, size=16, seed=0))
+    result = train_diffusion(root / "data", root / "run", preset="tiny",
+                             overrides=dict(max_steps=3, batch_size=4), show_progress=False,
+                             text_encoder=minilm)
+    return result.model_dir
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_run(tmp_path_factory):
     """A tiny CLIP trained for 60 steps on a 16 px ShapesWorld folder: (root, FamilyRunResult)."""
     from imagesynth.families.clip import train_clip

@@ -9,8 +9,6 @@ from PIL import Image
 
 import imagesynth
 from imagesynth.cli import run
-from imagesynth.data import ShapesConfig, build_shapes_dataset
-from imagesynth.families.diffusion import train_diffusion
 from imagesynth.errors import ConfigError, InputImageError, NumericError
 from imagesynth.io.files import sha256_file
 from imagesynth.io.pngmeta import read_recipe, save_png
@@ -25,13 +23,8 @@ def shared_text_encoder(monkeypatch, minilm):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, minilm):
-    root = tmp_path_factory.mktemp("tiny-diffusion")
-    build_shapes_dataset(root / "data", ShapesConfig(count=16, size=16, seed=0))
-    result = train_diffusion(root / "data", root / "run", preset="tiny",
-                             overrides=dict(max_steps=3, batch_size=4), show_progress=False,
-                             text_encoder=minilm)
-    return result.model_dir
+def tiny_model(tiny_diffusion_model):
+    return tiny_diffusion_model
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ from PIL import Image
 
 from imagesynth.apps.sweep import SweepConfig, SweepResult, nfe_of, run_sweep
 from imagesynth.cli import run
-from imagesynth.data import ShapesConfig, build_shapes_dataset
 from imagesynth.errors import ConfigError
-from imagesynth.families.diffusion import train_diffusion
 
 PROMPTS = ("a red circle", "a blue square on the left")
 
@@ -25,13 +23,8 @@ def shared_text_encoder(monkeypatch, minilm):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, minilm):
-    root = tmp_path_factory.mktemp("sweep-model")
-    build_shapes_dataset(root / "data", ShapesConfig(count=16, size=16, seed=0))
-    result = train_diffusion(root / "data", root / "run", preset="tiny",
-                             overrides=dict(max_steps=3, batch_size=4), show_progress=False,
-                             text_encoder=minilm)
-    return result.model_dir
+def tiny_model(tiny_diffusion_model):
+    return tiny_diffusion_model
 
 
 @pytest.fixture(scope="module")
