@@ -10,7 +10,9 @@ from PIL import Image
 
 from imagesynth.cli import run
 from imagesynth.data import ShapesConfig, build_shapes_dataset
-from imagesynth.data.shapes_subjects import render_striped_circle, sample_subject, stripe_pattern
+from imagesynth.data.shapes_subjects import (one_colour_silhouette, render_striped_circle,
+                                             render_two_tone_circle, sample_subject,
+                                             stripe_pattern, two_tone_pattern)
 from imagesynth.errors import ConfigError, DataError
 from imagesynth.families.diffusion import train_diffusion
 from imagesynth.families.personalise import (DreamBoothSettings, LoraSettings,
@@ -166,11 +168,45 @@ def test_the_striped_subject_passes_the_pattern_test_and_flat_circles_do_not():
         image = render_striped_circle(sample_subject(rng, 32, position), 32)
         verdict = stripe_pattern(image)
         assert verdict.ok and verdict.bands >= 3 and min(verdict.shares) > 0.3
+        assert verdict.row_purity > 0.9
         (found,) = detect_objects(image)
         assert found.shape == "circle"
     for colour in ("red", "blue", "purple"):
         flat = render_scene(Scene(32, (ShapeObject(colour, "circle", 6, 6, 12),)))
         assert not stripe_pattern(flat).ok
+
+
+def test_the_two_tone_subject_passes_its_test_and_stripes_flat_or_mirrored_do_not():
+    from imagesynth.data.shapes import Scene, ShapeObject, render_scene
+    from imagesynth.data.shapes_check import detect_objects
+
+    rng = np.random.default_rng(2)
+    for position in ("left", "right", "top", "bottom", None):
+        obj = sample_subject(rng, 32, position)
+        image = render_two_tone_circle(obj, 32)
+        verdict = two_tone_pattern(image)
+        assert verdict.ok and min(verdict.shares) > 0.35 and verdict.separation > 0.35
+        pixels = np.asarray(image)
+        red, blue = (np.all(pixels == colour, axis=-1) for colour in ((220, 40, 40),
+                                                                       (40, 80, 220)))
+        assert np.nonzero(red)[1].max() < np.nonzero(blue)[1].min()  # a clean vertical split
+        assert not stripe_pattern(image).ok
+        # on the one-colour silhouette the checker sees one circle where the subject is
+        (found,) = detect_objects(one_colour_silhouette(image))
+        assert found.shape == "circle" and found.colour == "red"
+        assert np.hypot(found.centroid[0] - obj.centroid[0],
+                        found.centroid[1] - obj.centroid[1]) < 0.1
+        assert not two_tone_pattern(render_striped_circle(obj, 32)).ok
+        mirrored = two_tone_pattern(render_two_tone_circle(obj, 32, ("blue", "red")))
+        assert not mirrored.ok and mirrored.separation < -0.35
+    for colour in ("red", "blue", "purple"):
+        flat = render_scene(Scene(32, (ShapeObject(colour, "circle", 6, 6, 12),)))
+        assert not two_tone_pattern(flat).ok
+    speckled = np.asarray(render_two_tone_circle(ShapeObject("red", "circle", 8, 8, 14), 32)).copy()
+    inside = np.abs(speckled.astype(int) - 255).sum(axis=-1) > 100
+    speckled[inside] = np.array([(220, 40, 40), (40, 80, 220)])[rng.integers(0, 2, inside.sum())]
+    verdict = two_tone_pattern(speckled)
+    assert not verdict.ok and min(verdict.shares) > 0.35 and abs(verdict.separation) < 0.15
 
 
 def test_dreambooth_with_prior_preservation_writes_a_lora(tiny, tmp_path, minilm):
