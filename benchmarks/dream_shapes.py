@@ -5,6 +5,8 @@ image with each drawer and judge it with the pixel checker (`imagesynth.data.sha
 Prints JSON with pass rates (overall, and colour/shape/count separately). Example:
   OMP_NUM_THREADS=2 python benchmarks/dream_shapes.py --clip models/shapes-clip \\
       --drawers pixelart,pixels,fourier --seeds 4
+  OMP_NUM_THREADS=1 python benchmarks/dream_shapes.py --clip shapes-clip --drawers gan \\
+      --gan shapes-gan --gan-start random --steps 60 --cutouts 8 --seeds 4
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ def main() -> None:
     parser.add_argument("--diffusion-model", help="diffusion model for the diffusion-latent drawer")
     parser.add_argument("--diffusion-steps", type=int, default=None,
                         help="sampler steps per render of the diffusion-latent drawer")
+    parser.add_argument("--gan", help="GAN for the gan drawer")
+    parser.add_argument("--gan-latent", default="w", help="gan drawer: w, w+ or z")
+    parser.add_argument("--gan-truncation", type=float, default=1.0, help="gan drawer: start psi")
+    parser.add_argument("--gan-start", default="prompt", help="gan drawer: prompt or random")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed .. first-seed + seeds - 1 (to split a long run)")
     parser.add_argument("--init-colour", help='start from a plain canvas, e.g. "white"')
     parser.add_argument("--init-noise", type=float, default=0.0, help="noise added to the start")
     parser.add_argument("--init-candidates", type=int, default=1,
@@ -51,6 +59,10 @@ def main() -> None:
     if args.decoder:
         from imagesynth.nets.autoencoder import load_autoencoder
         decoder = load_autoencoder(args.decoder)
+    gan = None
+    if args.gan:
+        from imagesynth.guided.gan_drawer import load_gan_model
+        gan = load_gan_model(args.gan)
     extra = {"diffusion_steps": args.diffusion_steps} if args.diffusion_steps else {}
     prompts = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES][:args.limit]
     report: dict = {"benchmark": "dream_shapes", "clip": args.clip, "size": args.size,
@@ -59,7 +71,10 @@ def main() -> None:
                     "tv_weight": args.tv_weight, "cutout_jitter": args.cutout_jitter,
                     "init_colour": args.init_colour,
                     "init_noise": args.init_noise, "init_candidates": args.init_candidates,
-                    "decoder": args.decoder, "diffusion_model": args.diffusion_model, "seeds": args.seeds,
+                    "decoder": args.decoder, "diffusion_model": args.diffusion_model,
+                    "gan": args.gan, "gan_latent": args.gan_latent,
+                    "gan_truncation": args.gan_truncation, "gan_start": args.gan_start,
+                    "seeds": args.seeds, "first_seed": args.first_seed,
                     "prompts": len(prompts), "drawers": {}}
     for drawer in [d.strip() for d in args.drawers.split(",") if d.strip()]:
         started = time.perf_counter()
@@ -67,7 +82,7 @@ def main() -> None:
         failures: dict[str, int] = {}
         runs = 0
         for prompt in prompts:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 config = DreamConfig(prompt=prompt, drawer=drawer, steps=args.steps,
                                      width=args.size, height=args.size, cutouts=args.cutouts,
                                      seed=seed, scorer=args.clip, cells=args.cells,
@@ -77,8 +92,12 @@ def main() -> None:
                                      cutout_noise=args.cutout_noise, eval_every=args.steps,
                                      init_colour=args.init_colour, init_noise=args.init_noise,
                                      init_candidates=args.init_candidates,
-                                     cutout_jitter=args.cutout_jitter, **extra)
-                result = check(dream(config, scorer=scorer, decoder=decoder).image, prompt)
+                                     cutout_jitter=args.cutout_jitter, gan=args.gan,
+                                     gan_latent=args.gan_latent,
+                                     gan_truncation=args.gan_truncation,
+                                     gan_start=args.gan_start, **extra)
+                image = dream(config, scorer=scorer, decoder=decoder, gan=gan).image
+                result = check(image, prompt)
                 runs += 1
                 for key in counts:
                     counts[key] += bool(getattr(result, key))

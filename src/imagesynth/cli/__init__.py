@@ -25,7 +25,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 def _register() -> None:
     """Import the command modules; each adds its commands/sub-apps to `app`."""
     from . import (clip_apps, compare, control, data, doctor, dream, edit,  # noqa: F401
-                   evaluate,
+                   edit_clip, evaluate,
                    generate, models, personalise, sample, serve, sweep, train,
                    train_autoencoder, train_diffusion, train_families, translate)
 

@@ -30,7 +30,7 @@ def parse_size(text: str) -> tuple[int, int]:
 @app.command()
 def dream(
     prompt: str = typer.Argument(..., help='What to draw; weights and negatives: "a red circle:1 | blurry:-0.5".'),
-    drawer: str = typer.Option("pixels", help="pixels, fourier, pixelart, decoder or diffusion-latent."),
+    drawer: str = typer.Option("pixels", help="pixels, fourier, pixelart, decoder, diffusion-latent or gan."),
     steps: int = typer.Option(300, help="Optimisation steps."),
     size: str = typer.Option("64", help='Image size: "64" or "WIDTHxHEIGHT".'),
     cutouts: int = typer.Option(32, help="Augmented cutouts scored per step."),
@@ -58,6 +58,10 @@ def dream(
     diffusion_steps: int = typer.Option(6, help="Diffusion-latent: sampler steps per render."),
     diffusion_sampler: str = typer.Option("dpmpp_2m", help="Diffusion-latent: dpmpp_2m or euler (deterministic)."),
     diffusion_guidance: Optional[float] = typer.Option(None, help="Diffusion-latent: classifier-free guidance scale (model default if omitted)."),
+    gan: Optional[str] = typer.Option(None, help="GAN drawer: GAN name or folder (e.g. shapes-gan)."),
+    gan_latent: str = typer.Option("w", help="GAN drawer: w (one for all layers), w+ (one per layer) or z (z and the condition, Big Sleep's way)."),
+    gan_truncation: float = typer.Option(1.0, help="GAN drawer: truncation psi of the start, in (0, 1]."),
+    gan_start: str = typer.Option("prompt", help="GAN drawer: start conditioned on the prompt, or random (a seeded random condition)."),
     scorer: str = typer.Option("shapes-clip", help="Scorer A (optimised): model name, folder, hf:FOLDER, openclip:ARCH:WEIGHTS."),
     held_out_scorer: Optional[str] = typer.Option(None, help="Scorer B (only evaluates) for the adversarial check."),
     eval_every: int = typer.Option(25, help="Score the image every N steps."),
@@ -87,6 +91,8 @@ def dream(
         "palette": tuple(c.strip() for c in palette.split(",") if c.strip()),
         "decoder": decoder, "diffusion_model": diffusion_model, "diffusion_steps": diffusion_steps,
         "diffusion_sampler": diffusion_sampler, "diffusion_guidance": diffusion_guidance,
+        "gan": gan, "gan_latent": gan_latent, "gan_truncation": gan_truncation,
+        "gan_start": gan_start,
         "eval_every": eval_every, "frame_every": frame_every,
     })
     # Opened before the run so a missing package fails at once; frames stream to disk.

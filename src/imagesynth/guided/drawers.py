@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-DRAWERS = ("pixels", "fourier", "pixelart", "decoder", "diffusion-latent")
+DRAWERS = ("pixels", "fourier", "pixelart", "decoder", "diffusion-latent", "gan")
 
 # Lucid's colour-correlation square root (ImageNet statistics), used by Big Sleep/Lucid FFT images
 # so that each learned channel is a decorrelated colour direction.
@@ -255,9 +255,12 @@ def build_drawer(name: str, height: int, width: int, generator: torch.Generator,
                  decoder: Decoder | None = None, fourier_decay: float = 1.0,
                  diffusion=None, prompt: str = "", negative_prompt: str = "",
                  diffusion_steps: int = 6, diffusion_sampler: str = "dpmpp_2m",
-                 diffusion_guidance: float | None = None) -> nn.Module:
+                 diffusion_guidance: float | None = None, gan=None, gan_latent: str = "w",
+                 gan_truncation: float = 1.0, gan_start: str = "prompt",
+                 gan_condition: torch.Tensor | None = None) -> nn.Module:
     """Make the drawer called `name` for an H x W image, its initial parameters drawn from `generator`."""
-    # diffusion (a loaded DiffusionPipeline), the prompts and diffusion_*: diffusion-latent only
+    # diffusion (a loaded DiffusionPipeline), the prompts and diffusion_*: diffusion-latent only;
+    # gan (a loaded GAN), gan_* and the prompt (or its precomputed gan_condition): gan only
     if name == "pixels":
         return PixelDrawer(height, width, generator)
     if name == "fourier":
@@ -276,5 +279,12 @@ def build_drawer(name: str, height: int, width: int, generator: torch.Generator,
             raise missing_model_error()
         return DiffusionLatentDrawer(height, width, generator, diffusion, prompt, negative_prompt,
                                      diffusion_steps, diffusion_sampler, diffusion_guidance)
+    if name == "gan":
+        from .gan_drawer import GANDrawer, missing_gan_error
+
+        if gan is None:
+            raise missing_gan_error()
+        return GANDrawer(height, width, generator, gan, prompt, latent=gan_latent,
+                         truncation=gan_truncation, start=gan_start, condition=gan_condition)
     raise ConfigError(f"unknown drawer {name!r}", field="drawer",
                       fix=f"choose one of {', '.join(DRAWERS)}")

@@ -23,13 +23,15 @@ from .cutouts import CutoutConfig, augmented_cutouts
 from .diffusion_drawer import (DEFAULT_STEPS, check_options, conditioning_texts,
                                missing_model_error, no_init_image_error)
 from .drawers import DRAWERS, Decoder, build_drawer, clamp_with_grad
+from .gan_drawer import (check_gan_options, gan_hash, load_gan_model, missing_gan_error,
+                         prompt_condition)
 from .losses import (directional_loss, prompt_loss, range_loss, saturation_loss,
                      spherical_distance_loss, total_variation_loss)
 from .prompts import WeightedPrompt, normalised_weights, parse_prompts
 
 #: learning rates that work for each drawer's parametrisation at the default settings
 DEFAULT_LEARNING_RATES = {"pixels": 0.1, "fourier": 0.05, "pixelart": 0.1, "decoder": 0.05,
-                          "diffusion-latent": 0.05}
+                          "diffusion-latent": 0.05, "gan": 0.05}
 MAX_SIDE = 2048
 #: learning-rate schedules: constant, or cosine decay to zero over the steps (StyleCLIP's ramp-down)
 LR_SCHEDULES = ("constant", "cosine")
@@ -72,6 +74,10 @@ class DreamConfig:
     diffusion_steps: int = DEFAULT_STEPS  # diffusion-latent: sampler steps per render
     diffusion_sampler: str = "dpmpp_2m"  # diffusion-latent: a deterministic sampler
     diffusion_guidance: float | None = None  # diffusion-latent: CFG scale (None: model default)
+    gan: str | None = None  # gan drawer: GAN name or folder
+    gan_latent: str = "w"  # gan drawer: "w", "w+" (one w per layer) or "z" (z + condition)
+    gan_truncation: float = 1.0  # gan drawer: the start's psi toward the condition's mean w
+    gan_start: str = "prompt"  # gan drawer: start conditioned on the prompt, or "random"
     eval_every: int = 25
     frame_every: int = 10
 
@@ -118,6 +124,7 @@ class DreamConfig:
         if self.drawer == "diffusion-latent" and (self.init_image or self.init_colour):
             raise no_init_image_error()
         check_options(self.diffusion_steps, self.diffusion_sampler, self.diffusion_guidance)
+        check_gan_options(self.gan_latent, self.gan_truncation, self.gan_start)
         CutoutConfig(self.cutouts, self.cut_power, self.cutout_noise, self.flip,
                      self.cutout_jitter)  # validates
 
@@ -244,13 +251,13 @@ def _load_diffusion(spec: str | None):
 
 def dream(config: DreamConfig, *, scorer: Scorer | None = None,
           held_out_scorer: Scorer | None = None, decoder: Decoder | None = None,
-          diffusion=None, show_progress: bool = False, keep_frames: bool = False,
+          diffusion=None, gan=None, show_progress: bool = False, keep_frames: bool = False,
           frames_dir: str | Path | None = None,
           on_step: Callable[[int, torch.Tensor, float], None] | None = None,
           on_frame: Callable[[int, Image.Image], None] | None = None) -> DreamResult:
     """Optimise the drawer's parameters so the image matches the prompt under scorer A.
 
-    Pass loaded scorers/decoder/diffusion pipeline to skip loading them from `config`. The
+    Pass loaded scorers/decoder/diffusion pipeline/GAN to skip loading them from `config`. The
     held-out scorer B only evaluates; the result is flagged adversarial when A's score rose while
     B's fell. `on_frame(step, image)` receives each recorded frame (e.g. to stream a video).
     """
@@ -265,6 +272,14 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
     if diffusion is None and config.drawer == "diffusion-latent":
         diffusion = _load_diffusion(config.diffusion_model)
     prompt, negative_prompt = conditioning_texts(targets)
+    gan_condition = None
+    if config.drawer == "gan":
+        if gan is None:
+            if config.gan is None:
+                raise missing_gan_error()
+            gan = load_gan_model(config.gan)
+        if config.gan_start == "prompt" and gan.config.condition_dim:
+            gan_condition = prompt_condition(gan, prompt)  # once, shared by every candidate
     scorer = scorer if scorer is not None else load_scorer(config.scorer)
     if held_out_scorer is None and config.held_out_scorer:
         held_out_scorer = load_scorer(config.held_out_scorer)
@@ -280,7 +295,9 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
                             negative_prompt=negative_prompt,
                             diffusion_steps=config.diffusion_steps,
                             diffusion_sampler=config.diffusion_sampler,
-                            diffusion_guidance=config.diffusion_guidance)
+                            diffusion_guidance=config.diffusion_guidance, gan=gan,
+                            gan_latent=config.gan_latent, gan_truncation=config.gan_truncation,
+                            gan_start=config.gan_start, gan_condition=gan_condition)
 
     drawer = new_drawer()
     if config.init_candidates > 1:
@@ -429,6 +446,10 @@ def dream(config: DreamConfig, *, scorer: Scorer | None = None,
         extra["diffusion"] = drawer.recipe()
     if config.drawer == "decoder" and config.decoder is not None:
         extra["decoder"] = {"model": config.decoder, "model_hash": _decoder_hash(config.decoder)}
+    if config.drawer == "gan":
+        extra["gan"] = {"model": config.gan,
+                        "model_hash": gan_hash(config.gan) if config.gan else None,
+                        **drawer.recipe()}
     recipe = {**_recipe(config, scorer, held_out_scorer, history, adversarial), **extra}
     return DreamResult(to_pil(final), recipe, history, adversarial, frames)
 
@@ -468,7 +489,8 @@ def _recipe(config: DreamConfig, scorer: Scorer, held_out_scorer: Scorer | None,
 
 def reproduce_from_recipe(recipe: dict, *, scorer: Scorer | None = None,
                           held_out_scorer: Scorer | None = None,
-                          decoder: Decoder | None = None, diffusion=None) -> Image.Image:
+                          decoder: Decoder | None = None, diffusion=None,
+                          gan=None) -> Image.Image:
     """Re-run the optimisation a `kind: dream` recipe describes; refuse if a model or input changed."""
     if recipe.get("kind") != "dream" or not isinstance(recipe.get("dream"), dict):
         raise ConfigError("this recipe was not written by `imagesynth dream`", field="image")
@@ -498,6 +520,11 @@ def reproduce_from_recipe(recipe: dict, *, scorer: Scorer | None = None,
         raise IntegrityError(f"autoencoder {config.decoder!r} is not the model that made this "
                              "image (weights SHA-256 differs)", field="decoder",
                              fix="install the exact model the recipe names")
+    expected = (recipe.get("gan") or {}).get("model_hash")
+    if expected and config.drawer == "gan" and config.gan and gan_hash(config.gan) != expected:
+        raise IntegrityError(f"GAN {config.gan!r} is not the model that made this image "
+                             "(weights SHA-256 differs)", field="gan",
+                             fix="install the exact model the recipe names")
     result = dream(config, scorer=scorer, held_out_scorer=held_out_scorer, decoder=decoder,
-                   diffusion=diffusion)
+                   diffusion=diffusion, gan=gan)
     return result.image
