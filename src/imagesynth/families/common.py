@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..data.folder import CaptionedImageFolder
@@ -40,3 +42,16 @@ def load_family_model(spec: str | Path, family: str, noun: str,
     model = build(config)
     model.load_state_dict(registry.load_state_dict(entry))
     return model.to(device).eval().requires_grad_(False)
+
+
+def training_figures(log_path: Path) -> dict[str, float]:
+    """Mean images/s over the logged windows (the first skipped) and the mean loss of the last
+    10 log lines."""
+    if not log_path.is_file():
+        return {}
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r]
+    if not rows:
+        return {}
+    return {"images_per_second": float(np.mean([r["images_per_second"] for r in rows[1:] or rows])),
+            "final_loss_mean_of_last_10_logs": float(np.mean([r["loss"] for r in rows[-10:]]))}

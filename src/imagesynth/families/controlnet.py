@@ -27,6 +27,7 @@ from ..config import from_dict, to_dict
 from ..diffusion.denoisers import EDMDenoiser
 from ..data.conditions import check_condition, scribble_map
 from ..data.folder import CaptionedImageFolder
+from .common import training_figures
 from ..errors import ConfigError, DataError
 from ..io.files import atomic_write_text
 from ..io.images import open_image
@@ -181,22 +182,10 @@ def train_controlnet(model: str, data: str | Path, condition: str, out: str | Pa
     return FamilyRunResult(model_dir, result.step, result.stopped, result.last_metrics, seconds)
 
 
-def _training_figures(log_path: Path) -> dict[str, float]:
-    """Images/s (mean over the logged windows) and the mean loss of the last 10 log lines."""
-    if not log_path.is_file():
-        return {}
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "loss" in r]
-    if not rows:
-        return {}
-    return {"images_per_second": float(np.mean([r["images_per_second"] for r in rows[1:] or rows])),
-            "final_loss_mean_of_last_10_logs": float(np.mean([r["loss"] for r in rows[-10:]]))}
-
-
 def write_controlnet_model(folder: Path, state: dict[str, torch.Tensor], run_config: dict,
                            steps: int, metrics: dict, log_path: Path) -> Path:
     """Write a ControlNet model folder: weights, config.json, CARD.md (measured figures), sums."""
-    figures = _training_figures(log_path)
+    figures = training_figures(log_path)
     config = {**run_config, "steps": steps, "last_metrics": metrics, "figures": figures}
     train_config, base = run_config["train"], run_config["base_model"]
     card = (f"# ControlNet ({run_config['condition']}) for `{base['spec']}`\n\n"

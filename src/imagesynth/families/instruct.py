@@ -25,6 +25,7 @@ import torch
 from ..config import from_dict, to_dict
 from ..data.shapes_edits import read_triples
 from ..diffusion.denoisers import EDMDenoiser
+from .common import training_figures
 from ..errors import ConfigError, DataError
 from ..io.files import atomic_write_text
 from ..io.images import open_image
@@ -194,19 +195,6 @@ def train_instruct(model: str, data: str | Path, out: str | Path, overrides: dic
                                      result.last_metrics, out / "log.jsonl", distinct)
     return FamilyRunResult(model_dir, result.step, result.stopped, result.last_metrics,
                            time.perf_counter() - started)
-
-
-def training_figures(log_path: Path) -> dict[str, float]:
-    """Mean images/s over the logged windows (the first skipped) and the mean loss of the last
-    10 log lines."""
-    if not log_path.is_file():
-        return {}
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "loss" in r]
-    if not rows:
-        return {}
-    return {"images_per_second": float(np.mean([r["images_per_second"] for r in rows[1:] or rows])),
-            "final_loss_mean_of_last_10_logs": float(np.mean([r["loss"] for r in rows[-10:]]))}
 
 
 def write_instruct_model(folder: Path, state: dict[str, torch.Tensor], run_config: dict,
